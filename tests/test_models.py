@@ -1,0 +1,177 @@
+"""Tests for vit_jax.models: sizes, shapes, options, jit agreement."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import models
+
+# Published parameter counts with num_classes=1000 at 224px.
+PUBLISHED_COUNTS = {
+    'ViT-Ti_16': 5_717_416,
+    'ViT-S_16': 22_050_664,
+    'ViT-S_32': 22_878_952,
+    'ViT-B_8': 86_576_872,
+    'ViT-B_16': 86_567_656,
+    'ViT-B_32': 88_224_232,
+    'ViT-L_16': 304_326_632,
+    'ViT-L_32': 306_535_400,
+    'ViT-H_14': 632_045_800,
+}
+
+
+def _count_params(model, image_size=224):
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0),
+                         jnp.zeros((1, image_size, image_size, 3))))
+  return sum(x.size for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED_COUNTS))
+def test_parameter_count_matches_published(name):
+  assert _count_params(models.get_model(name, 1000)) == PUBLISHED_COUNTS[name]
+
+
+def test_published_names_all_parse():
+  assert set(models.PUBLISHED_NAMES) == set(PUBLISHED_COUNTS)
+  assert models.model_config('B/16') == models.model_config('ViT-B_16')
+
+
+def test_small_patch_variant_for_cifar():
+  config = models.model_config('ViT-Ti_4')
+  assert (config.hidden_size, config.patch_size) == (192, 4)
+  params = jax.eval_shape(lambda: models.get_model('ViT-Ti_4', 10).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params']
+  # 8x8 patches + class token.
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (
+      1, 65, 192)
+
+
+@pytest.mark.parametrize('bad', ['ViT-X_16', 'ViT-B', 'resnet50', ''])
+def test_unknown_name_is_refused(bad):
+  with pytest.raises(ValueError, match='Unknown model name'):
+    models.model_config(bad)
+
+
+def test_unknown_override_is_refused():
+  with pytest.raises(ValueError, match='hiden_size'):
+    models.model_config('testing', hiden_size=3)
+
+
+def _init(model, batch=2, size=32):
+  images = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3),
+                              minval=-1, maxval=1)
+  params = model.init(jax.random.PRNGKey(0), images)['params']
+  return params, images
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_output_shape_for_both_classifiers(classifier):
+  model = models.get_model('testing', 7, classifier=classifier, patch_size=8)
+  params, images = _init(model, batch=3)
+  logits = model.apply({'params': params}, images, train=False)
+  assert logits.shape == (3, 7)
+  assert ('cls' in params) == (classifier == 'token')
+
+
+def test_parameter_tree_has_published_names():
+  model = models.get_model('testing', 10)
+  params, _ = _init(model)
+  block = params['Transformer']['encoderblock_0']
+  assert set(block) == {'LayerNorm_0', 'MultiHeadDotProductAttention_0',
+                        'LayerNorm_1', 'MlpBlock_0'}
+  attn = block['MultiHeadDotProductAttention_0']
+  assert attn['query']['kernel'].shape == (10, 2, 5)
+  assert attn['query']['bias'].shape == (2, 5)
+  assert attn['out']['kernel'].shape == (2, 5, 10)
+  assert params['embedding']['kernel'].shape == (16, 16, 3, 10)
+  assert params['cls'].shape == (1, 1, 10)
+  assert set(params) == {'embedding', 'cls', 'Transformer', 'pre_logits',
+                         'head'}
+  np.testing.assert_array_equal(params['head']['kernel'], 0)
+
+
+def test_no_pre_logits_without_representation_size():
+  params, _ = _init(models.get_model('testing', 10, representation_size=None))
+  assert 'pre_logits' not in params
+
+
+def test_jit_and_eager_agree():
+  model = models.get_model('testing', 10, num_layers=2, patch_size=8)
+  params, images = _init(model)
+  params = jax.tree.map(  # Non-zero head so logits are informative.
+      lambda x: x + 0.01 * jax.random.normal(jax.random.PRNGKey(2), x.shape),
+      params)
+  eager = model.apply({'params': params}, images)
+  jitted = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, images)
+  np.testing.assert_allclose(eager, jitted, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('impl', ['xla', 'explicit'])
+def test_attention_implementations_agree(impl):
+  base = models.get_model('testing', 10, patch_size=8, attention_impl='auto')
+  other = models.get_model('testing', 10, patch_size=8, attention_impl=impl)
+  params, images = _init(base)
+  params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
+  np.testing.assert_allclose(base.apply({'params': params}, images),
+                             other.apply({'params': params}, images),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_attention_weights_are_sown_and_rows_sum_to_one():
+  model = models.get_model('testing', 10, num_layers=2, patch_size=8)
+  params, images = _init(model)
+  _, state = model.apply({'params': params}, images, mutable=['intermediates'])
+  weights = state['intermediates']['Transformer']
+  for i in range(2):
+    (w,) = weights[f'encoderblock_{i}']['MultiHeadDotProductAttention_0'][
+        'attention_weights']
+    assert w.shape == (2, 2, 17, 17)  # B, heads, tokens, tokens.
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = models.get_model('testing', 10, dtype=jnp.bfloat16, patch_size=8)
+  params, images = _init(model)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  logits = model.apply({'params': params}, images)
+  assert logits.dtype == jnp.float32
+  f32 = models.get_model('testing', 10, patch_size=8).apply(
+      {'params': params}, images)
+  np.testing.assert_allclose(logits, f32, atol=0.05)
+
+
+def test_dropout_needs_rng_and_changes_output_in_training():
+  model = models.get_model('testing', 10, patch_size=8, dropout_rate=0.5,
+                           attention_dropout_rate=0.5, stochastic_depth=0.5)
+  params, images = _init(model)
+  params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
+  with pytest.raises(Exception, match='dropout'):
+    model.apply({'params': params}, images, train=True)
+  run = lambda seed: model.apply({'params': params}, images, train=True,
+                                 rngs={'dropout': jax.random.PRNGKey(seed)})
+  assert not np.allclose(run(0), run(1))
+  np.testing.assert_array_equal(run(0), run(0))
+  eval1 = model.apply({'params': params}, images, train=False)
+  eval2 = model.apply({'params': params}, images, train=False)
+  np.testing.assert_array_equal(eval1, eval2)
+
+
+def test_remat_gives_same_gradients():
+  kwargs = dict(num_layers=2, patch_size=8)
+  plain = models.get_model('testing', 10, **kwargs)
+  remat = models.get_model('testing', 10, remat=True, **kwargs)
+  params, images = _init(plain)
+  params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
+  grad = lambda m: jax.grad(
+      lambda p: m.apply({'params': p}, images).sum())(params)
+  chex.assert_trees_all_close(grad(plain), grad(remat), atol=1e-6)
+
+
+def test_name_for_recovers_table_names():
+  assert models.name_for(768, 12, 16) == 'ViT-B_16'
+  assert models.name_for(192, 12, 4) == 'ViT-Ti_4'
+  assert 'unnamed' in models.name_for(100, 3, 4)

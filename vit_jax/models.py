@@ -1,0 +1,269 @@
+"""Vision Transformer (Dosovitskiy et al., 2020) in Flax linen.
+
+The parameter tree is the one of google-research/vision_transformer's linen
+model, so the published checkpoints load unchanged (see `checkpoint.py`):
+
+  embedding/{kernel (p,p,3,D), bias}
+  cls (1,1,D)
+  Transformer/posembed_input/pos_embedding (1,tokens,D)
+  Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0/
+      {query,key,value}/{kernel (D,heads,head_dim), bias (heads,head_dim)},
+      out/{kernel (heads,head_dim,D), bias}, LayerNorm_1, MlpBlock_0/Dense_{0,1}
+  Transformer/encoder_norm
+  pre_logits (only with representation_size), head
+
+Array names carry their shapes: B batch, L tokens, D width, H heads, K head dim.
+"""
+
+import dataclasses
+import re
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# name -> (hidden_size, mlp_dim, num_heads, num_layers). One table for every size.
+MODEL_SIZES = {
+    'Ti': (192, 768, 3, 12),
+    'S': (384, 1536, 6, 12),
+    'M': (512, 2048, 8, 12),
+    'B': (768, 3072, 12, 12),
+    'L': (1024, 4096, 16, 24),
+    'H': (1280, 5120, 16, 32),
+}
+
+# The published names; any other `ViT-{size}_{patch}` (e.g. ViT-Ti_4 for 32x32
+# CIFAR images) parses too.
+PUBLISHED_NAMES = ('ViT-Ti_16', 'ViT-S_16', 'ViT-S_32', 'ViT-B_8', 'ViT-B_16',
+                   'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-H_14')
+
+_NAME_RE = re.compile(r'^(?:ViT-)?(?P<size>[A-Za-z]+)[_/](?P<patch>\d+)$')
+
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'explicit')
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """Architecture hyper-parameters; every field is a `get_model` override."""
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
+  num_layers: int
+  patch_size: int
+  classifier: str = 'token'  # 'token' (class token) or 'gap' (mean pooling).
+  representation_size: Optional[int] = None  # Width of `pre_logits`, if any.
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0  # Drop-path rate of the last block.
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  attention_impl: str = 'auto'  # One of ATTENTION_IMPLS.
+  remat: bool = False  # Recompute blocks in the backward pass to save memory.
+
+
+def model_config(name: str, **overrides) -> ViTConfig:
+  """Returns the architecture of `name` ('ViT-B_16', 'B/16' or 'testing')."""
+  if name == 'testing':
+    base = dict(hidden_size=10, mlp_dim=10, num_heads=2, num_layers=1,
+                patch_size=16, representation_size=10)
+  else:
+    match = _NAME_RE.match(name)
+    if not match or match['size'] not in MODEL_SIZES:
+      raise ValueError(
+          f'Unknown model name {name!r}. Use ViT-<size>_<patch> with size in '
+          f'{sorted(MODEL_SIZES)} (e.g. ViT-B_16, ViT-Ti_4) or "testing".')
+    hidden, mlp, heads, layers = MODEL_SIZES[match['size']]
+    base = dict(hidden_size=hidden, mlp_dim=mlp, num_heads=heads,
+                num_layers=layers, patch_size=int(match['patch']))
+  unknown = set(overrides) - {f.name for f in dataclasses.fields(ViTConfig)}
+  if unknown:
+    raise ValueError(f'Unknown model option(s) {sorted(unknown)} for {name}.')
+  config = ViTConfig(**{**base, **overrides})
+  if config.classifier not in ('token', 'gap'):
+    raise ValueError(f'classifier must be "token" or "gap", got '
+                     f'{config.classifier!r}.')
+  if config.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got '
+                     f'{config.attention_impl!r}.')
+  return config
+
+
+def name_for(hidden_size: int, num_layers: int, patch_size: int) -> str:
+  """The table name of an architecture, e.g. for 'this file fits ViT-B_16'."""
+  for size, (hidden, _, _, layers) in MODEL_SIZES.items():
+    if (hidden, layers) == (hidden_size, num_layers):
+      return f'ViT-{size}_{patch_size}'
+  return (f'an unnamed ViT (hidden_size={hidden_size}, '
+          f'num_layers={num_layers}, patch_size={patch_size})')
+
+
+def get_model(name: str, num_classes: int, **overrides) -> 'VisionTransformer':
+  """Returns the linen module for a named size, with optional overrides."""
+  return VisionTransformer(config=model_config(name, **overrides),
+                           num_classes=num_classes)
+
+
+_xavier = nn.initializers.xavier_uniform()
+_tiny_normal = nn.initializers.normal(stddev=1e-6)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU (tanh approximation, as published) -> Dense."""
+  mlp_dim: int
+  dtype: Any
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x_BxLxD, *, deterministic):
+    dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=_xavier,
+                               bias_init=_tiny_normal)
+    x = nn.gelu(dense(self.mlp_dim)(x_BxLxD), approximate=True)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = dense(x_BxLxD.shape[-1])(x)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Self-attention with the parameter names of flax's module of that name.
+
+  Uses `jax.nn.dot_product_attention` (cuDNN flash attention on GPU) unless
+  attention weights are needed: with attention dropout, or when the caller
+  asks for them by making the 'intermediates' collection mutable (they are
+  then sown as `attention_weights`, B x H x L x L, for attention maps).
+  """
+  num_heads: int
+  dtype: Any
+  dropout_rate: float
+  impl: str
+
+  @nn.compact
+  def __call__(self, x_BxLxD, *, deterministic):
+    width = x_BxLxD.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f'hidden size {width} is not divisible by '
+                       f'num_heads={self.num_heads}.')
+    head_dim = width // self.num_heads
+    proj = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, kernel_init=_xavier,
+        name=name)
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+        proj(n)(x_BxLxD) for n in ('query', 'key', 'value'))
+    use_dropout = self.dropout_rate > 0 and not deterministic
+    want_weights = self.is_mutable_collection('intermediates')
+    if use_dropout or want_weights or self.impl == 'explicit':
+      out_BxLxHxK = self._explicit(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
+                                   deterministic, want_weights)
+    else:
+      impl = None if self.impl == 'auto' else self.impl
+      out_BxLxHxK = jax.nn.dot_product_attention(
+          q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation=impl)
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
+                           kernel_init=_xavier, name='out')(out_BxLxHxK)
+
+  def _explicit(self, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, deterministic,
+                want_weights):
+    """Softmax(QK^T/sqrt(K))V with the weights materialised."""
+    scale = q_BxLxHxK.shape[-1] ** -0.5
+    logits_BxHxLxL = jnp.einsum('bqhk,bthk->bhqt', q_BxLxHxK * scale,
+                                k_BxLxHxK)
+    weights_BxHxLxL = jax.nn.softmax(
+        logits_BxHxLxL.astype(jnp.float32)).astype(self.dtype)
+    if want_weights:
+      self.sow('intermediates', 'attention_weights', weights_BxHxLxL)
+    weights_BxHxLxL = nn.Dropout(self.dropout_rate)(
+        weights_BxHxLxL, deterministic=deterministic)
+    return jnp.einsum('bhqt,bthk->bqhk', weights_BxHxLxL, v_BxLxHxK)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops a residual branch per example while training."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x_BxLxD, *, deterministic):
+    if deterministic or self.rate == 0:
+      return x_BxLxD
+    keep = 1.0 - self.rate
+    mask_B = jax.random.bernoulli(self.make_rng('dropout'), keep,
+                                  (x_BxLxD.shape[0],))
+    return x_BxLxD * (mask_B / keep).astype(x_BxLxD.dtype)[:, None, None]
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+  config: ViTConfig
+  drop_path_rate: float
+
+  @nn.compact
+  def __call__(self, x_BxLxD, deterministic):
+    c = self.config
+    drop_path = DropPath(self.drop_path_rate)
+    y = nn.LayerNorm(dtype=c.dtype, name='LayerNorm_0')(x_BxLxD)
+    y = MultiHeadDotProductAttention(
+        c.num_heads, c.dtype, c.attention_dropout_rate, c.attention_impl,
+        name='MultiHeadDotProductAttention_0')(y, deterministic=deterministic)
+    y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+    x_BxLxD = x_BxLxD + drop_path(y, deterministic=deterministic)
+    y = nn.LayerNorm(dtype=c.dtype, name='LayerNorm_1')(x_BxLxD)
+    y = MlpBlock(c.mlp_dim, c.dtype, c.dropout_rate, name='MlpBlock_0')(
+        y, deterministic=deterministic)
+    return x_BxLxD + drop_path(y, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+  """Position embeddings, the stack of blocks, and the final LayerNorm."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, *, train):
+    c = self.config
+    x_BxLxD = AddPositionEmbs(name='posembed_input')(x_BxLxD)
+    x_BxLxD = nn.Dropout(c.dropout_rate)(x_BxLxD, deterministic=not train)
+    block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if c.remat else (
+        Encoder1DBlock)
+    for i in range(c.num_layers):
+      rate = c.stochastic_depth * i / max(c.num_layers - 1, 1)
+      x_BxLxD = block(c, rate, name=f'encoderblock_{i}')(x_BxLxD, not train)
+    return nn.LayerNorm(dtype=c.dtype, name='encoder_norm')(x_BxLxD)
+
+
+class AddPositionEmbs(nn.Module):
+  """Learned position embeddings, shaped by the input at initialisation."""
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    pos_embedding = self.param('pos_embedding',
+                               nn.initializers.normal(stddev=0.02),
+                               (1,) + x_BxLxD.shape[1:])
+    return x_BxLxD + pos_embedding.astype(x_BxLxD.dtype)
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier. Input: NHWC float images in [-1, 1]; output: logits.
+
+  `model.apply({'params': p}, images, train=False)`; with `train=True`
+  dropout and stochastic depth need a 'dropout' rng.
+  """
+  config: ViTConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC, *, train: bool = False):
+    c = self.config
+    p = c.patch_size
+    x = nn.Conv(c.hidden_size, (p, p), strides=(p, p), padding='VALID',
+                dtype=c.dtype, name='embedding')(images_BxHxWxC)
+    batch, grid_h, grid_w, width = x.shape
+    x_BxLxD = x.reshape(batch, grid_h * grid_w, width)
+    if c.classifier == 'token':
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, width))
+      cls_BxLxD = jnp.broadcast_to(cls, (batch, 1, width)).astype(x.dtype)
+      x_BxLxD = jnp.concatenate([cls_BxLxD, x_BxLxD], axis=1)
+    x_BxLxD = Encoder(c, name='Transformer')(x_BxLxD, train=train)
+    x_BxD = x_BxLxD[:, 0] if c.classifier == 'token' else x_BxLxD.mean(1)
+    if c.representation_size is not None:
+      x_BxD = nn.tanh(nn.Dense(c.representation_size, dtype=c.dtype,
+                               name='pre_logits')(x_BxD))
+    logits = nn.Dense(self.num_classes, dtype=c.dtype, name='head',
+                      kernel_init=nn.initializers.zeros)(x_BxD)
+    return logits.astype(jnp.float32)
