@@ -313,3 +313,9 @@ def describe(flat: Mapping[str, Any]) -> str:
   layers = len({k.split('/')[1] for k in flat
                 if k.startswith('Transformer/encoderblock_')})
   return models.name_for(kernel.shape[-1], layers, kernel.shape[0])
+
+
+if __name__ == '__main__':
+  # `python -m vit_jax.checkpoint fetch ViT-B_16`; the logic lives in hub.py.
+  from vit_jax import hub  # pylint: disable=g-import-not-at-top
+  raise SystemExit(hub.main())

@@ -1,0 +1,491 @@
+"""Getting pretrained weights: a local file, the original bucket, or the Hub.
+
+`fetch('ViT-B_16', 'checkpoints')` returns a path holding the weights, trying
+in order: the local file `checkpoints/ViT-B_16.npz`; the configured
+`pretrained_dir` when it is remote (gs:// is read in place, http(s) is
+downloaded); the public https URL of the original bucket; the Hugging Face
+Hub repos known for the name (`SOURCES`). Since February 2026 the bucket
+refuses anonymous downloads (HTTP 403), so the Hub is usually what works.
+
+Downloads resume after interruption (HTTP Range into a `.partial` file), are
+checked against Content-Length (and sha256 where known), and appear under
+their final name only when complete. Hub files in timm or transformers layout
+are converted and written as `{name}.npz` in the vit_jax layout, so that
+downstream code sees one format. The Hub part uses `huggingface_hub` (its
+cache, resume and HF_ENDPOINT); tests point both at a server on 127.0.0.1.
+
+CLI: python -m vit_jax.checkpoint fetch ViT-B_16 [--dir checkpoints]
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import http.client
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from typing import Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+# The original bucket; $VIT_JAX_BUCKET_URL points it at a mirror (or a test).
+BUCKET = os.environ.get('VIT_JAX_BUCKET_URL',
+                        'https://storage.googleapis.com/vit_models')
+DEFAULT_DIR = 'checkpoints'
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One place a checkpoint can come from.
+
+  kind: 'url' (http(s):// or gs:// file), 'hf' (a Hugging Face Hub repo and
+  a file in it) or 'file' (a local path). layout None means: tell from keys.
+  """
+  kind: str
+  location: str
+  filename: str = ''
+  layout: Optional[str] = None
+  revision: Optional[str] = None
+  sha256: Optional[str] = None
+  note: str = ''
+
+  def __str__(self):
+    if self.kind == 'hf':
+      at = f'@{self.revision}' if self.revision else ''
+      return f'hf://{self.location}/{self.filename}{at}'
+    return self.location
+
+
+# What the published files hold differs; `checkpoint.load_pretrained` takes
+# the head from the new model and drops pre_logits when the new model has no
+# representation layer, so every one of them fine-tunes the same way.
+_ORIG = 'original i21k weights: pre_logits + zeroed 21843-class head'
+_ORIG_HF = 'original i21k weights: pre_logits (the pooler), no head'
+_ORIG_TIMM = 'original i21k weights without pre_logits'
+_AUGREG = 'AugReg i21k weights (a later run): 21843-class head, no pre_logits'
+
+
+def _bucket(path: str, note: str) -> Source:
+  return Source('url', f'{BUCKET}/{path}.npz', layout='vit_jax', note=note)
+
+
+def _timm(repo: str, note: str) -> Source:
+  return Source('hf', f'timm/{repo}', 'model.safetensors', 'timm', note=note)
+
+
+def _transformers(repo: str, revision: Optional[str] = None) -> Source:
+  return Source('hf', f'google/{repo}', 'model.safetensors', 'transformers',
+                revision, note=_ORIG_HF)
+
+
+# Model name -> sources, in the order tried after the local file. Repo names
+# and files are the ones published on the Hub (google/* by transformers,
+# timm/* by timm). google/vit-large-patch32-224-in21k has its safetensors
+# only in an open pull request, hence the revision.
+SOURCES = {
+    'ViT-Ti_16': (
+        _bucket('augreg/Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-'
+                'sd_0.0', _AUGREG),
+        _timm('vit_tiny_patch16_224.augreg_in21k', _AUGREG)),
+    'ViT-S_16': (
+        _bucket('augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-'
+                'sd_0.0', _AUGREG),
+        _timm('vit_small_patch16_224.augreg_in21k', _AUGREG)),
+    'ViT-S_32': (
+        _bucket('augreg/S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-'
+                'sd_0.0', _AUGREG),
+        _timm('vit_small_patch32_224.augreg_in21k', _AUGREG)),
+    'ViT-B_8': (
+        _bucket('augreg/B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-'
+                'sd_0.0', _AUGREG),
+        _timm('vit_base_patch8_224.augreg_in21k', _AUGREG)),
+    'ViT-B_16': (
+        _bucket('imagenet21k/ViT-B_16', _ORIG),
+        _transformers('vit-base-patch16-224-in21k'),
+        _timm('vit_base_patch16_224.orig_in21k', _ORIG_TIMM),
+        _timm('vit_base_patch16_224.augreg_in21k', _AUGREG)),
+    'ViT-B_32': (
+        _bucket('imagenet21k/ViT-B_32', _ORIG),
+        _transformers('vit-base-patch32-224-in21k'),
+        _timm('vit_base_patch32_224.orig_in21k', _ORIG_TIMM),
+        _timm('vit_base_patch32_224.augreg_in21k', _AUGREG)),
+    'ViT-L_16': (
+        _bucket('imagenet21k/ViT-L_16', _ORIG),
+        _transformers('vit-large-patch16-224-in21k'),
+        _timm('vit_large_patch16_224.orig_in21k', _ORIG_TIMM),
+        _timm('vit_large_patch16_224.augreg_in21k', _AUGREG)),
+    'ViT-L_32': (
+        _bucket('imagenet21k/ViT-L_32', _ORIG),
+        _transformers('vit-large-patch32-224-in21k', revision='refs/pr/1'),
+        _timm('vit_large_patch32_224.orig_in21k', _ORIG_TIMM)),
+    'ViT-H_14': (
+        _bucket('imagenet21k/ViT-H_14', _ORIG),
+        _transformers('vit-huge-patch14-224-in21k'),
+        _timm('vit_huge_patch14_224.orig_in21k', _ORIG_TIMM)),
+}
+
+
+# huggingface_hub errors meaning "no connection and not in the HF cache".
+_HUB_UNREACHABLE = ('LocalEntryNotFoundError', 'OfflineModeIsEnabled')
+
+
+class FetchError(FileNotFoundError):
+  """No source gave usable weights; the message lists each source and why."""
+
+
+class IntegrityError(IOError):
+  """A download of the wrong size or checksum (it is deleted)."""
+
+
+class _Interrupted(IOError):
+  """The connection ended early; the `.partial` file is kept for resuming."""
+
+
+def _is_remote(path: str) -> bool:
+  return str(path).startswith(('gs://', 'http://', 'https://'))
+
+
+def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
+          sources: Optional[Sequence[Source]] = None, *,
+          cache_dir: str = DEFAULT_DIR, hf_endpoint: Optional[str] = None,
+          hf_cache_dir: Optional[str] = None, retries: int = 3,
+          timeout: float = 60.0, progress: bool = True,
+          force: bool = False) -> str:
+  """Returns a path holding `name`'s weights, getting them if need be.
+
+  Files land in `pretrained_dir`, or in `cache_dir` when `pretrained_dir` is
+  remote. `sources` replaces the `SOURCES` entry of `name` (e.g. a mirror).
+  `hf_endpoint` (else $HF_ENDPOINT) redirects the Hub, e.g. to a mirror.
+  `force` replaces an existing file (atomically, once the new one is good).
+  """
+  local_dir = cache_dir if _is_remote(pretrained_dir) else pretrained_dir
+  dest = os.path.join(local_dir, f'{name}.npz')
+  if os.path.exists(dest) and not force:
+    return dest
+  tried = [(f'local file {dest}', 'replaced (force)' if force else
+            'not there')]
+  candidates = list(SOURCES.get(name, ()) if sources is None else sources)
+  if _is_remote(pretrained_dir):
+    candidates.insert(0, Source('url', f'{str(pretrained_dir).rstrip("/")}/'
+                                f'{name}.npz', note='the configured '
+                                'pretrained_dir'))
+  if not candidates:
+    tried.append(('known sources', f'none for {name!r}; names with '
+                  f'sources: {", ".join(SOURCES)}'))
+  options = dict(retries=retries, timeout=timeout, progress=progress,
+                 hf_endpoint=hf_endpoint, hf_cache_dir=hf_cache_dir)
+  for source in candidates:
+    try:
+      path = _fetch_one(source, name, dest, **options)
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure of one source (HTTP, network, integrity, layout) is
+      # reported at the end; the next source may still work.
+      log.info('%s failed: %s; trying the next source', source, _reason(e))
+      tried.append((str(source), _reason(e)))
+      continue
+    log.info('%s: got %s from %s%s', name, path, source,
+             f' ({source.note})' if source.note else '')
+    return path
+  raise FetchError(_failure_message(name, dest, tried))
+
+
+def _fetch_one(source: Source, name: str, dest: str, *, retries, timeout,
+               progress, hf_endpoint, hf_cache_dir) -> str:
+  """Gets one source to `dest` (or returns a gs:// path to read in place)."""
+  if source.kind == 'url' and source.location.startswith('gs://'):
+    if not _remote_exists(source.location):
+      raise FileNotFoundError('not there')
+    return source.location
+  if source.kind == 'url':
+    if _is_npz(source.location) and source.layout in (None, 'vit_jax',
+                                                      'big_vision'):
+      return download(source.location, dest, sha256=source.sha256,
+                      retries=retries, timeout=timeout, progress=progress)
+    suffix = os.path.splitext(source.location)[1] or '.safetensors'
+    tmp = os.path.join(os.path.dirname(dest), f'.{name}.download{suffix}')
+    download(source.location, tmp, sha256=source.sha256, retries=retries,
+             timeout=timeout, progress=progress)
+    try:
+      return _install(tmp, dest, name, source.layout)
+    finally:
+      os.remove(tmp)
+  if source.kind == 'hf':
+    return _install(_hf_download(source, hf_endpoint, hf_cache_dir), dest,
+                    name, source.layout)
+  if source.kind == 'file':
+    if not os.path.exists(source.location):
+      raise FileNotFoundError('not there')
+    return _install(source.location, dest, name, source.layout)
+  raise ValueError(f'unknown source kind {source.kind!r}')
+
+
+def _remote_exists(path: str) -> bool:
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path).exists()
+
+
+def _is_npz(location: str) -> bool:
+  return location.split('?')[0].endswith('.npz')
+
+
+def _hf_download(source: Source, endpoint: Optional[str],
+                 cache_dir: Optional[str]) -> str:
+  """huggingface_hub's download: its cache, resume and size checks."""
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  endpoint = (endpoint or os.environ.get('HF_ENDPOINT')
+              or constants.ENDPOINT)
+  return huggingface_hub.hf_hub_download(
+      source.location, source.filename, revision=source.revision,
+      endpoint=endpoint, cache_dir=cache_dir,
+      local_files_only=not _reachable(endpoint))
+
+
+def _reachable(url: str, timeout: float = 10.0) -> bool:
+  """One quick connection attempt: offline, huggingface_hub retries ~20 s."""
+  try:
+    urllib.request.urlopen(urllib.request.Request(url, method='HEAD'),
+                           timeout=timeout).close()
+  except urllib.error.HTTPError:
+    return True  # It answered, if only with an error status.
+  except OSError:  # URLError, refused connections, timeouts.
+    return False
+  return True
+
+
+def _install(path: str, dest: str, name: str, layout: Optional[str]) -> str:
+  """Converts a file of any known layout into `dest` (vit_jax .npz)."""
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax import convert  # pylint: disable=g-import-not-at-top
+  flat = checkpoint.read_flat(path)
+  layout = layout or checkpoint.detect_layout(flat)
+  if layout in convert.LAYOUTS:
+    linen = convert.from_torch_layout(flat, layout, _num_heads(name))
+  else:
+    linen = checkpoint.to_linen_flat(flat)
+  found = checkpoint.describe(linen)
+  if found != name:
+    log.warning('%s: the file holds %s', name, found)
+  checkpoint.save(checkpoint.unflatten(linen), dest)
+  return dest
+
+
+def _num_heads(name: str) -> Optional[int]:
+  """Heads of the named size: PyTorch files do not record them."""
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  try:
+    return models.model_config(name).num_heads
+  except ValueError:
+    return None  # Fall back on the width table in convert.py.
+
+
+def download(url: str, path: str, *, sha256: Optional[str] = None,
+             retries: int = 3, timeout: float = 60.0,
+             progress: bool = True) -> str:
+  """Downloads `url` to `path`: resumable, size/sha256-checked, atomic.
+
+  Bytes go to `path + '.partial'`; an interrupted transfer resumes from it
+  (here, up to `retries` times, or in a later call), and only a complete,
+  verified file is renamed to `path`. A wrong size or checksum deletes it.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  partial = path + '.partial'
+  start_time = time.monotonic()
+  for attempt in range(1, retries + 1):
+    try:
+      total = _transfer(url, partial, timeout, progress)
+      break
+    except _Interrupted as e:
+      if attempt == retries:
+        raise
+      log.warning('%s: %s; resuming (try %d of %d)', url, e, attempt + 1,
+                  retries)
+  _verify(partial, total, sha256)
+  os.replace(partial, path)
+  size = os.path.getsize(path)
+  seconds = max(time.monotonic() - start_time, 1e-6)
+  log.info('%s: %.1f MB in %.1f s (%.1f MB/s)', path, size / 1e6, seconds,
+           size / 1e6 / seconds)
+  return path
+
+
+def _transfer(url: str, partial: str, timeout: float,
+              progress: bool) -> Optional[int]:
+  """One HTTP request appending to `partial`; returns the total size.
+
+  Errors before the body starts (HTTP 403/404, offline) propagate; a body
+  that ends early raises `_Interrupted` so that the caller can resume.
+  """
+  start = os.path.getsize(partial) if os.path.exists(partial) else 0
+  headers = {'Range': f'bytes={start}-'} if start else {}
+  try:
+    response = urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers), timeout=timeout)
+  except urllib.error.HTTPError as e:
+    if e.code != 416 or not start:
+      raise
+    total = _total_from_range(e.headers.get('Content-Range'))
+    if total == start:  # A previous run got every byte but did not finish.
+      return total
+    os.remove(partial)  # Stale: the file changed on the server.
+    return _transfer(url, partial, timeout, progress)
+  with response:
+    if response.status == 206:
+      total = _total_from_range(response.headers.get('Content-Range'))
+      mode = 'ab'
+    else:  # The server ignored Range (or there was none): start over.
+      length = response.headers.get('Content-Length')
+      total, start, mode = (int(length) if length else None), 0, 'wb'
+    _copy_body(response, partial, mode, start, total, progress)
+  done = os.path.getsize(partial)
+  if total is not None and done < total:
+    raise _Interrupted(f'connection ended at {done} of {total} bytes')
+  return total
+
+
+def _copy_body(response, partial: str, mode: str, start: int,
+               total: Optional[int], progress: bool):
+  """Streams the body into `partial` with a progress bar (% and MB/s)."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  with open(partial, mode) as f, tqdm(
+      total=total, initial=start, unit='B', unit_scale=True,
+      desc=os.path.basename(partial)[:-len('.partial')],
+      disable=not progress) as bar:
+    while True:
+      try:
+        chunk = response.read(_CHUNK)
+      except (OSError, http.client.HTTPException) as e:
+        raise _Interrupted(f'connection lost ({e})') from None
+      if not chunk:
+        return
+      f.write(chunk)
+      bar.update(len(chunk))
+
+
+def _total_from_range(content_range: Optional[str]) -> Optional[int]:
+  """'bytes 100-199/200' or 'bytes */200' -> 200."""
+  total = (content_range or '').rpartition('/')[2]
+  return int(total) if total.isdigit() else None
+
+
+def _verify(partial: str, total: Optional[int], sha256: Optional[str]):
+  """Deletes and raises for a wrong size, checksum or a non-zip .npz."""
+  size = os.path.getsize(partial)
+  problem = None
+  if total is not None and size != total:
+    problem = f'size {size} bytes, but the server announced {total}'
+  elif sha256 and _sha256(partial) != sha256.lower():
+    problem = f'sha256 {_sha256(partial)} is not the expected {sha256}'
+  elif partial.endswith('.npz.partial') and not zipfile.is_zipfile(partial):
+    problem = 'not an .npz (zip) file; an error page?'
+  if problem:
+    os.remove(partial)
+    raise IntegrityError(f'download rejected: {problem}')
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(_CHUNK), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _reason(error: Exception) -> str:
+  """A one-line why, naming 403/404/offline plainly."""
+  if isinstance(error, urllib.error.HTTPError):
+    hint = {403: ' (access refused)', 404: ' (no such file)'}.get(error.code,
+                                                                  '')
+    return f'HTTP {error.code} {error.reason}{hint}'
+  if isinstance(error, urllib.error.URLError):
+    return f'unreachable ({error.reason}); offline?'
+  if type(error).__name__ in _HUB_UNREACHABLE:
+    return ('the Hub is unreachable and the file is not in the HF cache; '
+            'offline?')
+  text = str(error).strip().splitlines()
+  first = text[0] if text else ''
+  return f'{type(error).__name__}: {first}' if first else type(error).__name__
+
+
+def _failure_message(name: str, dest: str, tried) -> str:
+  lines = [f'Could not get pretrained weights for {name}. Tried, in order:']
+  lines += [f'  - {where}: {why}' for where, why in tried]
+  lines += [
+      'To install them by hand, download one of the files above (or use your '
+      'own .npz/.safetensors in the vit_jax, big_vision, timm or transformers '
+      'layout) and either',
+      f'  put a vit_jax/big_vision .npz at {dest}, or',
+      f'  run: python -m vit_jax.checkpoint fetch {name} --dir '
+      f'{os.path.dirname(dest) or "."} --source /path/to/file',
+      'See checkpoints/README.md.']
+  return '\n'.join(lines)
+
+
+def parse_source(text: str) -> Source:
+  """'hf://org/repo/file[@revision]', an http(s)/gs URL or a local path."""
+  if text.startswith('hf://'):
+    spec, _, revision = text[len('hf://'):].partition('@')
+    parts = spec.split('/')
+    if len(parts) < 3:
+      raise ValueError(f'{text!r}: use hf://org/repo/file[@revision].')
+    return Source('hf', '/'.join(parts[:2]), '/'.join(parts[2:]),
+                  revision=revision or None)
+  if _is_remote(text):
+    return Source('url', text)
+  return Source('file', text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`fetch NAME` gets weights; `sources` prints the table."""
+  parser = argparse.ArgumentParser(
+      prog='python -m vit_jax.checkpoint',
+      description='Get pretrained ViT weights (see checkpoints/README.md).')
+  commands = parser.add_subparsers(dest='command', required=True)
+  get = commands.add_parser('fetch', help='get NAME.npz into --dir')
+  get.add_argument('name', help='e.g. ViT-B_16')
+  get.add_argument('--dir', default=DEFAULT_DIR,
+                   help='pretrained_dir: local, gs:// or https://')
+  get.add_argument('--cache-dir', default=DEFAULT_DIR,
+                   help='where files go when --dir is remote')
+  get.add_argument('--source', action='append', default=None,
+                   help='try this instead of the table (URL, local file or '
+                        'hf://org/repo/file[@rev]); repeatable')
+  get.add_argument('--hf-endpoint', default=None,
+                   help='Hugging Face Hub endpoint (default $HF_ENDPOINT)')
+  get.add_argument('--force', action='store_true',
+                   help='replace an existing NAME.npz')
+  get.add_argument('--quiet', action='store_true', help='no progress bar')
+  commands.add_parser('sources', help='list model names and their sources')
+  args = parser.parse_args(argv)
+  if not log.handlers:  # Progress lines on stderr, without the root logger.
+    log.addHandler(logging.StreamHandler())
+    log.setLevel(logging.INFO)
+  if args.command == 'sources':
+    print(sources_table())
+    return 0
+  sources = None if args.source is None else [
+      parse_source(s) for s in args.source]
+  try:
+    path = fetch(args.name, args.dir, sources, cache_dir=args.cache_dir,
+                 hf_endpoint=args.hf_endpoint, progress=not args.quiet,
+                 force=args.force)
+  except (FetchError, ValueError) as e:
+    print(e, file=sys.stderr)
+    return 1
+  print(path)
+  return 0
+
+
+def sources_table() -> str:
+  """The SOURCES table as Markdown (the README shows the same)."""
+  rows = ['| name | source | layout | what it holds |', '|---|---|---|---|']
+  for name, sources in SOURCES.items():
+    for source in sources:
+      rows.append(f'| {name} | `{source}` | {source.layout} | '
+                  f'{source.note} |')
+  return '\n'.join(rows)
