@@ -6,7 +6,7 @@ setuptools.setup(
     name='vit_jax',
     version='0.1.0',
     description='Vision Transformer (ViT) training and fine-tuning in JAX/Flax.',
-    packages=['vit_jax'],
+    packages=['vit_jax', 'configs'],
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.5',

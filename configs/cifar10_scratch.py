@@ -1,0 +1,67 @@
+"""Train a plain ViT (patch 4 on 32x32) from scratch on CIFAR-10.
+
+  python -m vit_jax.main --config configs/cifar10_scratch.py --workdir runs/scratch      # GPU recipe
+  python -m vit_jax.main --config configs/cifar10_scratch.py:cpu --workdir runs/cpu      # 2 CPU cores, <= 15 min
+
+Everything happens on device: the uint8 dataset is held in accelerator memory,
+batches are gathered by index, and crop/flip, RandAugment and mixup/cutmix run
+in JAX inside the jitted step. AdamW (no decay on biases, norms, cls and
+position embeddings), warm-up + cosine, label smoothing, stochastic depth.
+Measured results (accuracy on the full 10,000-image test split) are in
+BENCHMARKS.md.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  """arg: None/'gpu' (full recipe) or 'cpu' (2 CPU cores, 15 minutes)."""
+  preset = arg or 'gpu'
+  if preset not in ('gpu', 'cpu'):
+    raise ValueError(f'Unknown preset {arg!r}; use "gpu" or "cpu".')
+  config = common.get_config()
+  config.pretrained_dir = None
+  config.pp.train = 'train'
+  config.pp.crop = 32
+  config.pp.resize = 32
+  config.aug.crop_padding = 4
+  config.optimizer = 'adamw'
+  config.momentum = 0.9
+  config.b2 = 0.999
+  config.grad_norm_clip = 1.0
+  config.decay_type = 'cosine'
+  config.model.classifier = 'gap'
+  if preset == 'gpu':
+    config.model_name = 'ViT-S_4'
+    config.model.num_layers = 9
+    config.model.stochastic_depth = 0.1
+    config.model.dtype = 'bfloat16'
+    config.aug.randaugment_ops = 2
+    config.aug.randaugment_magnitude = 9
+    config.aug.mixup_alpha = 0.8
+    config.aug.cutmix_alpha = 1.0
+    config.aug.label_smoothing = 0.1
+    config.batch = 1024
+    config.total_steps = 9_800  # 200 epochs.
+    config.warmup_steps = 500
+    config.base_lr = 2e-3
+    config.weight_decay = 0.05
+    config.eval_every = 1_000
+    config.checkpoint_every = 2_000
+  else:
+    config.model_name = 'ViT-Ti_4'
+    config.model.hidden_size = 128
+    config.model.mlp_dim = 256
+    config.model.num_heads = 4
+    config.model.num_layers = 4
+    config.aug.label_smoothing = 0.1
+    config.batch = 128
+    config.batch_eval = 1000
+    config.total_steps = 2_000
+    config.warmup_steps = 100
+    config.base_lr = 2e-3
+    config.weight_decay = 0.05
+    config.eval_every = 1_000
+    config.progress_every = 50
+    config.checkpoint_every = 500
+  return common.finalize(config)

@@ -1,0 +1,40 @@
+"""Shared test helpers: tiny configs, image-folder datasets, CLI runs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_image_folder(root, num_classes=3, train_per_class=6,
+                      test_per_class=3, size=32, seed=0):
+  """A {train,test}/<class>/*.png dataset with class-dependent colours."""
+  rng = np.random.default_rng(seed)
+  for split, count in (('train', train_per_class), ('test', test_per_class)):
+    for c in range(num_classes):
+      folder = os.path.join(root, split, f'class_{c}')
+      os.makedirs(folder, exist_ok=True)
+      for i in range(count):
+        base = np.full((size, size, 3), 40 + 80 * c, np.uint8)
+        noise = rng.integers(0, 30, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(base + noise).save(os.path.join(folder, f'{i}.png'))
+  return str(root)
+
+
+def run_cli(args, env_extra=None, **kwargs):
+  """Runs `python -m vit_jax.main ARGS` from the repo root."""
+  env = dict(os.environ, **(env_extra or {}))
+  env.setdefault('JAX_PLATFORMS', 'cpu')
+  return subprocess.Popen([sys.executable, '-m', 'vit_jax.main', *args],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.fixture(name='image_folder')
+def fixture_image_folder(tmp_path):
+  return make_image_folder(tmp_path / 'data')

@@ -1,0 +1,89 @@
+"""Optimizers and schedules (optax).
+
+Fine-tuning in two phases with one optimizer: parameters are labelled 'head'
+(head, and pre_logits if kept) or 'backbone'; optax.multi_transform gives
+each label its own transformation, and the backbone's is wrapped in
+optax.transforms.conditionally_transform so it returns zero updates and keeps
+its state untouched until `freeze_steps` have passed. Each phase has its own
+warm-up + decay.
+"""
+
+from typing import Any
+
+import optax
+
+HEAD_KEYS = ('head', 'pre_logits')
+# Parameters that weight decay skips (besides biases and norm scales).
+_NO_DECAY_KEYS = ('cls', 'pos_embedding')
+
+
+def phase_schedule(base_lr: float, warmup_steps: int, total_steps: int,
+                   decay_type: str) -> optax.Schedule:
+  """Linear warm-up to base_lr, then cosine or linear decay to zero."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if decay_type == 'cosine':
+    decay = optax.cosine_decay_schedule(base_lr, decay_steps)
+  elif decay_type == 'linear':
+    decay = optax.linear_schedule(base_lr, 0.0, decay_steps)
+  else:
+    raise ValueError(f'decay_type must be "cosine" or "linear", got '
+                     f'{decay_type!r}.')
+  warmup = optax.linear_schedule(0.0, base_lr, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def learning_rate_fn(config) -> optax.Schedule:
+  """Learning rate of the head at each global step (both phases joined)."""
+  full = phase_schedule(config.base_lr, config.warmup_steps,
+                        config.total_steps - config.freeze_steps,
+                        config.decay_type)
+  if not config.freeze_steps:
+    return full
+  frozen = phase_schedule(config.base_lr, config.warmup_steps,
+                          config.freeze_steps, config.decay_type)
+  return optax.join_schedules([frozen, full], [config.freeze_steps])
+
+
+def _decay_mask(params) -> Any:
+  """True for weight matrices; False for biases, norms, cls, pos_embedding."""
+  def decays(path, value):
+    names = [getattr(p, 'key', str(p)) for p in path]
+    return value.ndim > 1 and not any(n in _NO_DECAY_KEYS for n in names)
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _base_optimizer(config, schedule) -> optax.GradientTransformation:
+  if config.optimizer == 'sgd':
+    return optax.sgd(schedule, momentum=config.momentum or None)
+  if config.optimizer == 'adamw':
+    return optax.adamw(schedule, b1=config.momentum, b2=config.b2,
+                       weight_decay=config.weight_decay, mask=_decay_mask)
+  raise ValueError(f'optimizer must be "sgd" or "adamw", got '
+                   f'{config.optimizer!r}.')
+
+
+def param_labels(params) -> dict[str, Any]:
+  """'head' for the classifier layers, 'backbone' for everything else."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {key: jax.tree.map(
+      lambda _, k=key: 'head' if k in HEAD_KEYS else 'backbone', value)
+          for key, value in params.items()}
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Clipping + SGD/AdamW; the backbone frozen for the first freeze_steps."""
+  head = _base_optimizer(config, learning_rate_fn(config))
+  backbone_schedule = phase_schedule(
+      config.base_lr, config.warmup_steps,
+      config.total_steps - config.freeze_steps, config.decay_type)
+  backbone = _base_optimizer(config, backbone_schedule)
+  if config.freeze_steps:
+    freeze_steps = config.freeze_steps
+    backbone = optax.transforms.conditionally_transform(
+        backbone, lambda count: count >= freeze_steps)
+  clip = (optax.clip_by_global_norm(config.grad_norm_clip)
+          if config.grad_norm_clip else optax.identity())
+  return optax.chain(clip, optax.multi_transform(
+      {'head': head, 'backbone': backbone}, param_labels))

@@ -1,0 +1,426 @@
+"""The training loop: config -> data + model + optimizer -> checkpoints, metrics.
+
+One jit-compiled step runs data-parallel over a 1-D device mesh spanning all
+devices of all processes: the batch is sharded along 'data', parameters and
+optimizer state are replicated, and XLA inserts the gradient all-reduce (the
+job `pmap` did in the original code). Everything random in a step derives
+from (seed, step), and the batch at a step is chosen by (seed, step) too, so
+a run resumed from a checkpoint ends with exactly the parameters of an
+uninterrupted one, whatever the number of devices.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from vit_jax import checkpoint
+from vit_jax import hub
+from vit_jax import input_pipeline
+from vit_jax import metrics
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import preprocess
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any  # None unless config.ema_decay > 0.
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A whole split held as uint8 images and int32 labels (host or device)."""
+  images: Any
+  labels: Any
+  info: input_pipeline.DatasetInfo
+
+
+def model_overrides(config) -> dict[str, Any]:
+  """config.model without unset (None) keys; dtype as a numpy dtype."""
+  overrides = {k: v for k, v in config.model.items() if v is not None}
+  overrides['dtype'] = jnp.dtype(overrides.get('dtype', 'float32'))
+  return overrides
+
+
+def make_model(config, num_classes: int) -> models.VisionTransformer:
+  return models.get_model(config.model_name, num_classes,
+                          **model_overrides(config))
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process: pure data parallelism."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_sizes(config, mesh):
+  devices = mesh.size
+  if config.batch % (devices * config.accum_steps):
+    raise ValueError(
+        f'config.batch={config.batch} must be divisible by the number of '
+        f'devices ({devices}) times config.accum_steps '
+        f'({config.accum_steps}); e.g. --config.batch='
+        f'{devices * config.accum_steps * max(1, config.batch // (devices * config.accum_steps))}.')
+  if config.batch_eval % devices:
+    raise ValueError(
+        f'config.batch_eval={config.batch_eval} must be divisible by the '
+        f'number of devices ({devices}).')
+
+
+def to_global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """This process's rows of a batch -> one global array over the mesh."""
+  return jax.make_array_from_process_local_data(sharding, local)
+
+
+def to_host(tree):
+  """Replicated device arrays -> numpy (works on every process)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def load_data(config) -> tuple[Split, Split]:
+  train = Split(*input_pipeline.load_split(config, config.pp.train))
+  test = Split(*input_pipeline.load_split(config, config.pp.test))
+  logging.info('Data: %s %s: %d examples; %s: %d examples; %d classes.',
+               config.dataset, config.pp.train, train.info.num_examples,
+               config.pp.test, test.info.num_examples, train.info.num_classes)
+  return train, test
+
+
+def place_on_device(split: Split, mesh) -> Split:
+  """Replicates a whole split in accelerator memory (CIFAR-sized data)."""
+  replicated = NamedSharding(mesh, P())
+  return dataclasses.replace(
+      split, images=to_global(split.images, replicated),
+      labels=to_global(split.labels, replicated))
+
+
+class BatchSource:
+  """Global batches by example indices, from host or device memory."""
+
+  def __init__(self, split: Split, mesh, on_device: bool):
+    self._split = place_on_device(split, mesh) if on_device else split
+    self._on_device = on_device
+    self._sharding = NamedSharding(mesh, P('data'))
+    self._gather = jax.jit(lambda images, labels, idx: (images[idx],
+                                                        labels[idx]),
+                           out_shardings=(self._sharding, self._sharding))
+
+  def get(self, global_indices: np.ndarray):
+    local = input_pipeline.process_slice(global_indices, jax.process_index(),
+                                         jax.process_count())
+    if self._on_device:
+      return self._gather(self._split.images, self._split.labels,
+                          to_global(local, self._sharding))
+    return (to_global(self._split.images[local], self._sharding),
+            to_global(self._split.labels[local], self._sharding))
+
+
+def _loss(params, model, images, targets, dropout_rng):
+  logits = model.apply({'params': params}, images, train=True,
+                       rngs={'dropout': dropout_rng})
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def _gradients(params, model, images, targets, rng, accum_steps: int):
+  """Mean loss and gradients, accumulated over micro-batches if asked."""
+  grad_fn = jax.value_and_grad(_loss)
+  if accum_steps == 1:
+    return grad_fn(params, model, images, targets, rng)
+
+  def micro_batches(x):
+    # Rows j*A+i form micro-batch i: each device keeps its own rows.
+    x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  def accumulate(carry, batch):
+    i, micro_images, micro_targets = batch
+    loss, grads = grad_fn(params, model, micro_images, micro_targets,
+                          jax.random.fold_in(rng, i))
+    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+  zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(
+      accumulate, zeros,
+      (jnp.arange(accum_steps), micro_batches(images), micro_batches(targets)))
+  return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+
+
+def _keep_backbone(new_params, old_params):
+  """Frozen phase: the backbone's arrays are kept bit for bit."""
+  return {k: new_params[k] if k in optim.HEAD_KEYS else old_params[k]
+          for k in new_params}
+
+
+def make_train_step(model, tx, config, num_classes: int,
+                    frozen: bool) -> Callable:
+  """A jitted step; `frozen` skips backbone gradients (phase 1)."""
+
+  def train_step(state: TrainState, images_u8, labels):
+    rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    aug_rng, dropout_rng = jax.random.split(rng)
+    images, targets = preprocess.train_batch(aug_rng, images_u8, labels,
+                                             num_classes, config)
+    params = state.params
+    if frozen:
+      params = {k: v if k in optim.HEAD_KEYS else jax.lax.stop_gradient(v)
+                for k, v in params.items()}
+    loss, grads = _gradients(params, model, images, targets, dropout_rng,
+                             config.accum_steps)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    if frozen:
+      new_params = _keep_backbone(new_params, state.params)
+    ema = state.ema_params
+    if ema is not None:
+      ema = optax.incremental_update(new_params, ema, 1 - config.ema_decay)
+    # Finite loss and updates: the new state is safe to checkpoint.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+    return state.replace(step=state.step + 1, params=new_params,
+                         opt_state=opt_state, ema_params=ema), (loss, finite)
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model, config) -> Callable:
+  """Per-example predictions and losses for a batch of uint8 images."""
+
+  def eval_step(params, images_u8, labels):
+    images = preprocess.eval_images(images_u8, config)
+    logits = model.apply({'params': params}, images, train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return logits.argmax(-1), losses
+
+  return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params, source: BatchSource, num_examples: int,
+             batch: int) -> dict[str, Any]:
+  """Runs every example of a split exactly once (padded last batch masked)."""
+  predictions, losses, indices = [], [], []
+  for batch_indices, mask in input_pipeline.eval_batches(num_examples, batch):
+    images, labels = source.get(batch_indices)
+    preds, batch_losses = eval_step(params, images, labels)
+    gathered = multihost_utils.process_allgather((preds, batch_losses),
+                                                 tiled=True)
+    predictions.append(gathered[0][mask])
+    losses.append(gathered[1][mask])
+    indices.append(batch_indices[mask])
+  return {'predictions': np.concatenate(predictions),
+          'losses': np.concatenate(losses),
+          'indices': np.concatenate(indices)}
+
+
+def eval_metrics(result: dict[str, Any], labels: np.ndarray) -> dict[str, float]:
+  correct = result['predictions'] == np.asarray(labels)[result['indices']]
+  return {'accuracy_test': float(correct.mean()),
+          'loss_test': float(result['losses'].mean())}
+
+
+def _init_params(model, config, sharding):
+  crop = config.pp.crop
+  init = lambda: model.init(jax.random.key(config.seed),
+                            jnp.zeros((1, crop, crop, 3)))['params']
+  return jax.jit(init, out_shardings=sharding)()
+
+
+def _fresh_state(model, tx, config, replicated) -> TrainState:
+  """Pretrained weights if configured, else a random initialisation."""
+  params = _init_params(model, config, replicated)
+  if config.pretrained_dir:
+    # The file if it is there, else downloaded (bucket, then Hugging Face).
+    path = hub.fetch(config.model_name, config.pretrained_dir)
+    logging.info('Loading pretrained weights from %s', path)
+    loaded = checkpoint.load_pretrained(path, to_host(params), model.config)
+    params = jax.device_put(loaded, replicated)
+  ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params), ema_params=ema)
+  return jax.device_put(state, replicated)
+
+
+def initial_state(model, tx, config, manager, mesh) -> TrainState:
+  """Start-up order: resume from workdir -> pretrained -> from scratch."""
+  replicated = NamedSharding(mesh, P())
+  latest = manager.latest_step()
+  if latest is None:
+    return _fresh_state(model, tx, config, replicated)
+  abstract = jax.eval_shape(
+      lambda: _fresh_state(model, tx, _no_pretrained(config), replicated))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      abstract)
+  logging.info('Resuming from the checkpoint of step %d.', latest)
+  return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+
+
+def _no_pretrained(config):
+  """The config with pretrained loading off: only shapes are needed."""
+  unlocked = config.copy_and_resolve_references()
+  with unlocked.unlocked():
+    unlocked.pretrained_dir = None
+  return unlocked
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the loss becomes NaN or inf; checkpoints stay intact."""
+
+
+class Trainer:
+  """Holds a run's pieces so the loop below reads as the recipe it is."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.mesh = make_mesh()
+    check_batch_sizes(config, self.mesh)
+    self.train_split, self.test_split = load_data(config)
+    num_classes = self.train_split.info.num_classes
+    self.model = make_model(config, num_classes)
+    self.tx = optim.make_optimizer(config)
+    self.lr_fn = optim.learning_rate_fn(config)
+    self.manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints, create=True))
+    self.state = initial_state(self.model, self.tx, config, self.manager,
+                               self.mesh)
+    self.train_source = BatchSource(self.train_split, self.mesh,
+                                    config.data_on_device)
+    self.test_source = BatchSource(self.test_split, self.mesh,
+                                   config.data_on_device)
+    self.steps = {frozen: make_train_step(self.model, self.tx, config,
+                                          num_classes, frozen)
+                  for frozen in (False, True)}
+    self.eval_step = make_eval_step(self.model, config)
+    self.writer = metrics.MetricWriter(workdir, jax.process_index() == 0)
+    self.last_saved_step = None
+
+  def train_batch(self, step: int):
+    indices = input_pipeline.train_indices(
+        self.config.seed, step, self.config.batch,
+        self.train_split.info.num_examples)
+    return self.train_source.get(indices)
+
+  def eval_params(self):
+    state = self.state
+    return state.ema_params if state.ema_params is not None else state.params
+
+  def evaluate(self) -> dict[str, float]:
+    result = evaluate(self.eval_step, self.eval_params(), self.test_source,
+                      self.test_split.info.num_examples,
+                      self.config.batch_eval)
+    return eval_metrics(result, self.test_split.labels
+                        if isinstance(self.test_split.labels, np.ndarray)
+                        else to_host(self.test_split.labels))
+
+  def save_checkpoint(self, step: int):
+    if self.last_saved_step == step:
+      return
+    self.manager.save(step, args=ocp.args.StandardSave(self.state))
+    self.last_saved_step = step
+
+
+def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
+                  trainer: Trainer):
+  bad = np.flatnonzero(~finite)
+  if bad.size:
+    trainer.manager.wait_until_finished()
+    latest = trainer.manager.latest_step()
+    kept = (f'The last good checkpoint (step {latest}) in {trainer.workdir}/'
+            'checkpoints is intact' if latest is not None else
+            'No checkpoint had been written yet')
+    raise NonFiniteLossError(
+        f'Training diverged at step {first_step + int(bad[0]) + 1} (loss '
+        f'{losses[bad[0]]}, or non-finite updates); stopping. {kept}; lower '
+        'config.base_lr or raise config.warmup_steps, then restart.')
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) a model per `config`; returns the final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, workdir)
+  start = int(to_host(trainer.state.step))
+  total = config.total_steps
+  progress = metrics.Progress(start, total)
+  logging.info('Training %s from step %d to %d on %d device(s), %d '
+               'process(es).', config.model_name, start, total,
+               jax.device_count(), jax.process_count())
+  pending, pending_from, interval_start = [], start, time.monotonic()
+  summary = {}
+  start_time = time.monotonic()
+  for step in range(start, total):
+    images, labels = trainer.train_batch(step)
+    frozen = step < config.freeze_steps
+    trainer.state, loss = trainer.steps[frozen](trainer.state, images, labels)
+    pending.append(loss)
+    done = step + 1
+    if done == start + 1:
+      progress.start(done)
+    is_last = done == total
+    flush = (done % config.progress_every == 0 or is_last or
+             done % config.checkpoint_every == 0)
+    if flush:
+      losses, finite = map(np.array, zip(*to_host(pending)))
+      _check_finite(losses, finite, pending_from, trainer)
+      elapsed = time.monotonic() - interval_start
+      scalars = {
+          'train_loss': float(losses.mean()),
+          'learning_rate': float(trainer.lr_fn(step)),
+          'img_sec_core_train': (len(losses) * config.batch / elapsed /
+                                 jax.device_count()),
+      }
+      trainer.writer.write(done, scalars)
+      progress.log(done, scalars)
+      summary.update(scalars)
+      pending, pending_from, interval_start = [], done, time.monotonic()
+    if done % config.eval_every == 0 or is_last:
+      scalars = trainer.evaluate()
+      trainer.writer.write(done, scalars)
+      progress.log(done, scalars)
+      summary.update(scalars)
+    if done % config.checkpoint_every == 0 or is_last:
+      trainer.save_checkpoint(done)
+  if start >= total:  # Already finished: evaluate the restored model.
+    summary.update(trainer.evaluate())
+  trainer.manager.wait_until_finished()
+  export(trainer, workdir)
+  trainer.writer.close()
+  summary['steps'] = total
+  summary['seconds'] = time.monotonic() - start_time
+  logging.info('Done: %s', ', '.join(f'{k}={v:.4g}' for k, v in
+                                      summary.items()))
+  return summary
+
+
+def export(trainer: Trainer, workdir: str):
+  """model.npz (published layout) and run.json (what predict needs)."""
+  params = to_host(trainer.eval_params())
+  if jax.process_index() != 0:
+    return
+  checkpoint.save(params, os.path.join(workdir, 'model.npz'))
+  config = trainer.config
+  info = trainer.train_split.info
+  run = {'model_name': config.model_name,
+         'model': {k: v for k, v in config.model.items() if v is not None},
+         'num_classes': info.num_classes,
+         'class_names': list(info.class_names),
+         'image_size': config.pp.crop,
+         'dataset': config.dataset}
+  with open(os.path.join(workdir, 'run.json'), 'w') as f:
+    json.dump(run, f, indent=2)
