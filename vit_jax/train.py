@@ -390,7 +390,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       summary.update(scalars)
       pending, pending_from, interval_start = [], done, time.monotonic()
     if done % config.eval_every == 0 or is_last:
+      eval_start = time.monotonic()
       scalars = trainer.evaluate()
+      scalars['train_seconds'] = time.monotonic() - start_time
+      interval_start += time.monotonic() - eval_start  # Keep img/s honest.
       trainer.writer.write(done, scalars)
       progress.log(done, scalars)
       summary.update(scalars)
@@ -421,6 +424,9 @@ def export(trainer: Trainer, workdir: str):
          'num_classes': info.num_classes,
          'class_names': list(info.class_names),
          'image_size': config.pp.crop,
-         'dataset': config.dataset}
+         'dataset': config.dataset,
+         'tfds_data_dir': config.tfds_data_dir,
+         'split_test': config.pp.test,
+         'source_size': config.pp.source_size}
   with open(os.path.join(workdir, 'run.json'), 'w') as f:
     json.dump(run, f, indent=2)
