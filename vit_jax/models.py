@@ -16,6 +16,7 @@ Array names carry their shapes: B batch, L tokens, D width, H heads, K head dim.
 """
 
 import dataclasses
+import math
 import re
 from typing import Any, Optional
 
@@ -123,13 +124,48 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
+class _DenseParams(nn.Module):
+  """The kernel and bias of an `nn.DenseGeneral`: same names, shapes and
+  initialisation, for projections computed in the layout the caller needs."""
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  dtype: Any
+
+  @nn.compact
+  def __call__(self):
+    flat = (math.prod(self.in_shape), math.prod(self.out_shape))
+    init = lambda rng, shape, dtype=jnp.float32: jnp.reshape(
+        _xavier(rng, flat, dtype), shape)
+    kernel = self.param('kernel', init, self.in_shape + self.out_shape)
+    bias = self.param('bias', nn.initializers.zeros, self.out_shape)
+    return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
+def resolve_attention_impl(impl: str, dtype: Any, head_dim: int) -> str:
+  """What 'auto' means on this backend: cuDNN flash attention on GPU with
+  16-bit compute, the explicit form on CPU (XLA:CPU runs its batched matmuls
+  far faster with the batch and head axes leading), else XLA's."""
+  if impl != 'auto':
+    return impl
+  backend = jax.default_backend()
+  if backend == 'cpu':
+    return 'explicit'
+  if (backend == 'gpu' and jnp.dtype(dtype).itemsize == 2 and
+      head_dim % 8 == 0 and head_dim <= 128):
+    return 'cudnn'
+  return 'xla'
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Self-attention with the parameter names of flax's module of that name.
 
-  Uses `jax.nn.dot_product_attention` (cuDNN flash attention on GPU) unless
-  attention weights are needed: with attention dropout, or when the caller
-  asks for them by making the 'intermediates' collection mutable (they are
-  then sown as `attention_weights`, B x H x L x L, for attention maps).
+  'xla' and 'cudnn' use `jax.nn.dot_product_attention` on B x L x H x K
+  projections; 'explicit' computes softmax(QK^T/sqrt(K))V itself on
+  B x H x L x K ones, from one matmul for q, k and v together. The explicit
+  form also runs whenever attention weights are needed: with attention
+  dropout, or when the caller asks for them by making the 'intermediates'
+  collection mutable (they are then sown as `attention_weights`,
+  B x H x L x L, for attention maps). See `resolve_attention_impl` for 'auto'.
   """
   num_heads: int
   dtype: Any
@@ -142,37 +178,59 @@ class MultiHeadDotProductAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f'hidden size {width} is not divisible by '
                        f'num_heads={self.num_heads}.')
-    head_dim = width // self.num_heads
-    proj = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, kernel_init=_xavier,
-        name=name)
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-        proj(n)(x_BxLxD) for n in ('query', 'key', 'value'))
+    heads = (self.num_heads, width // self.num_heads)
+    qkv = [_DenseParams((width,), heads, self.dtype, name=name)()
+           for name in ('query', 'key', 'value')]
+    out_kernel_HxKxD, out_bias_D = _DenseParams(heads, (width,), self.dtype,
+                                                name='out')()
+    x_BxLxD = x_BxLxD.astype(self.dtype)
+    impl = resolve_attention_impl(self.impl, self.dtype, heads[1])
     use_dropout = self.dropout_rate > 0 and not deterministic
     want_weights = self.is_mutable_collection('intermediates')
-    if use_dropout or want_weights or self.impl == 'explicit':
-      out_BxLxHxK = self._explicit(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
+    if use_dropout or want_weights or impl == 'explicit':
+      q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _heads_major_qkv(x_BxLxD, qkv)
+      out_BxHxLxK = self._explicit(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK,
                                    deterministic, want_weights)
+      out_BxLxD = jnp.einsum('bhlk,hkd->bld', out_BxHxLxK, out_kernel_HxKxD)
     else:
-      impl = None if self.impl == 'auto' else self.impl
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+          jnp.einsum('bld,dhk->blhk', x_BxLxD, kernel) + bias
+          for kernel, bias in qkv)
       out_BxLxHxK = jax.nn.dot_product_attention(
           q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation=impl)
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
-                           kernel_init=_xavier, name='out')(out_BxLxHxK)
+      out_BxLxD = jnp.einsum('blhk,hkd->bld', out_BxLxHxK, out_kernel_HxKxD)
+    return out_BxLxD + out_bias_D
 
-  def _explicit(self, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, deterministic,
+  def _explicit(self, q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, deterministic,
                 want_weights):
     """Softmax(QK^T/sqrt(K))V with the weights materialised."""
-    scale = q_BxLxHxK.shape[-1] ** -0.5
-    logits_BxHxLxL = jnp.einsum('bqhk,bthk->bhqt', q_BxLxHxK * scale,
-                                k_BxLxHxK)
+    scale = q_BxHxLxK.shape[-1] ** -0.5
+    logits_BxHxLxL = jnp.einsum('bhqk,bhtk->bhqt', q_BxHxLxK * scale,
+                                k_BxHxLxK)
     weights_BxHxLxL = jax.nn.softmax(
         logits_BxHxLxL.astype(jnp.float32)).astype(self.dtype)
     if want_weights:
       self.sow('intermediates', 'attention_weights', weights_BxHxLxL)
     weights_BxHxLxL = nn.Dropout(self.dropout_rate)(
         weights_BxHxLxL, deterministic=deterministic)
-    return jnp.einsum('bhqt,bthk->bqhk', weights_BxHxLxL, v_BxLxHxK)
+    return jnp.einsum('bhqt,bhtk->bhqk', weights_BxHxLxL, v_BxHxLxK)
+
+
+def _heads_major_qkv(x_BxLxD, qkv):
+  """q, k, v as B x H x L x K from one (B*L, D) x (D, 3*H*K) matmul.
+
+  Written as a plain 2-D dot so that XLA keeps both operands in place and
+  only transposes the result (an einsum straight to B x H x L x K made
+  XLA:CPU transpose the activations and the kernels too).
+  """
+  batch, length, width = x_BxLxD.shape
+  heads, head_dim = qkv[0][0].shape[1:]
+  kernel_Dx3xHxK = jnp.stack([kernel for kernel, _ in qkv], axis=1)
+  bias_3xHxK = jnp.stack([bias for _, bias in qkv])
+  y = jnp.dot(x_BxLxD.reshape(batch * length, width),
+              kernel_Dx3xHxK.reshape(width, -1)) + bias_3xHxK.reshape(-1)
+  y_BxLx3xHxK = y.reshape(batch, length, 3, heads, head_dim)
+  return jnp.transpose(y_BxLx3xHxK, (2, 0, 3, 1, 4))
 
 
 class DropPath(nn.Module):

@@ -1,0 +1,49 @@
+"""Tests for vit_jax.benchmark: a tiny model through the real steps, both modes."""
+
+import json
+
+import pytest
+
+from vit_jax import benchmark
+from vit_jax import models
+
+_TINY = ['--model', 'testing', '--image_size', '32', '--batch', '4',
+         '--steps', '2', '--warmup', '1', '--rounds', '2']
+
+
+@pytest.mark.parametrize('mode', ['train', 'infer'])
+def test_report_has_positive_speed_flops_and_mfu(mode):
+  report = benchmark.run(benchmark.parse_args(
+      _TINY + ['--mode', mode, '--peak_tflops', '1.0']))
+  assert report['mode'] == mode
+  assert len(report['rounds_img_per_s']) == 2
+  for key in ('img_per_s', 'img_per_s_per_device', 'model_tflops_per_s',
+              'model_gflops_per_image', 'xla_gflops_per_image', 'mfu',
+              'compile_s', 'peak_memory_gb', 'compiled_memory_gb'):
+    assert report[key] > 0, key
+  assert report['peak_source'] == 'flag'
+  assert 'timm' not in report
+
+
+def test_train_counts_three_forward_passes():
+  config = models.model_config('ViT-B_16')
+  forward = benchmark.forward_flops(config, 224, 1000)
+  # ~17.6 GMACs: the published ViT-B/16 figure.
+  assert 35e9 < forward < 35.3e9
+
+
+def test_main_prints_a_table_then_one_json_line(capsys, tmp_path):
+  out = tmp_path / 'bench.jsonl'
+  benchmark.main(_TINY + ['--mode', 'infer', '--json_out', str(out)])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0].startswith('model')
+  printed = json.loads(lines[-1])
+  assert printed == json.loads(out.read_text())
+  assert printed['model'] == 'testing'
+
+
+def test_compare_timm_without_torch_says_how_to_get_it(monkeypatch):
+  monkeypatch.setitem(__import__('sys').modules, 'torch', None)
+  args = benchmark.parse_args(_TINY + ['--compare', 'timm'])
+  with pytest.raises(SystemExit, match='pip install'):
+    benchmark.TimmRunner(args, models.model_config('testing'))
