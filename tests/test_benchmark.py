@@ -1,4 +1,4 @@
-"""Tests for vit_jax.benchmark: a tiny model through the real steps, both modes."""
+"""Tests for vit_jax.benchmark: a tiny model through the real steps."""
 
 import json
 

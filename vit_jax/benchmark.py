@@ -77,22 +77,26 @@ def forward_flops(config: models.ViTConfig, image_size: int,
 
 
 def _cpu_peak_tflops(cores: int) -> tuple[float, str]:
-  """Cores x clock x FLOPs/cycle (2 FMA pipes of AVX2/AVX-512 width)."""
-  mhz, flags = 0.0, ''
+  """ISA peak at the reported clock: cores x MHz x 2 FMA pipes x 2 x lanes.
+
+  An estimate: boost clocks run above the reported one, and some cores
+  (AMD Zen 4) execute AVX-512 at half width. Pass --peak_tflops for a
+  measured figure.
+  """
+  mhz, flags = 0.0, set()
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
         if line.startswith('cpu MHz') and not mhz:
           mhz = float(line.split(':')[1])
         elif line.startswith('flags') and not flags:
-          flags = line
+          flags = set(line.split(':')[1].split())
   except OSError:
     pass
   if not mhz:
-    return 0.0, 'unknown (pass --peak_tflops)'
-  # AMD Zen 4 runs AVX-512 on 256-bit pipes: count 8 lanes unless AVX-512
-  # is native (Intel); 'avx512' alone cannot tell them apart, so stay low.
-  per_cycle = 2 * 2 * (8 if ' avx2' in flags or ' fma' in flags else 4)
+    return 0.0, 'unknown CPU clock (pass --peak_tflops)'
+  lanes = 16 if 'avx512f' in flags else 8 if 'fma' in flags else 4
+  per_cycle = 2 * 2 * lanes
   return (cores * mhz * 1e6 * per_cycle / 1e12,
           f'estimate: {cores} cores x {mhz:.0f} MHz x {per_cycle} FLOP/cycle')
 
@@ -151,7 +155,8 @@ class JaxRunner:
     train.check_batch_sizes(config, mesh)
     rng = np.random.default_rng(0)
     size = args.image_size
-    batched = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+    batched = jax.sharding.NamedSharding(mesh,
+                                         jax.sharding.PartitionSpec('data'))
     self.images = jax.device_put(
         rng.integers(0, 256, (args.batch, size, size, 3), np.uint8), batched)
     self.labels = jax.device_put(
@@ -218,6 +223,16 @@ _TORCH_MISSING = (
     'with a Python that has them after `pip install -e <this repo> --no-deps`.')
 
 
+def _import_timm():
+  """(timm, torch), or exit saying how to install them."""
+  try:
+    import timm  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit(_TORCH_MISSING.format(python=sys.executable)) from e
+  return timm, torch
+
+
 def _timm_vit(c: models.ViTConfig, image_size: int):
   """timm's VisionTransformer with our architecture (tanh GELU, as ours)."""
   from timm.models import vision_transformer  # pylint: disable=g-import-not-at-top
@@ -234,11 +249,7 @@ class TimmRunner:
   """The same architecture in timm: AdamW step or inference, same batch."""
 
   def __init__(self, args, model_config: models.ViTConfig):
-    try:
-      import timm  # pylint: disable=g-import-not-at-top
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise SystemExit(_TORCH_MISSING.format(python=sys.executable)) from e
+    timm, torch = _import_timm()
     self.torch = torch
     self.mode = args.mode
     cuda = torch.cuda.is_available()
@@ -356,7 +367,11 @@ def build_report(args, setup: Setup, speeds: list[float],
   report = {
       'model': args.model, 'mode': args.mode, 'batch': args.batch,
       'image_size': args.image_size, 'dtype': args.dtype,
-      'attention_impl': args.attention_impl, 'remat': args.remat,
+      'attention_impl': args.attention_impl,
+      'attention_used': models.resolve_attention_impl(
+          args.attention_impl, jnp.dtype(args.dtype),
+          model_config.hidden_size // model_config.num_heads),
+      'remat': args.remat,
       'backend': device.platform, 'device_kind': device.device_kind,
       'devices': devices,
       'img_per_s': img_s, 'img_per_s_per_device': img_s / devices,
@@ -407,7 +422,8 @@ def format_table(report: dict[str, Any]) -> str:
   rows = [
       ('model', f"{report['model']} {report['image_size']}px, "
                 f"{report['mode']}, batch {report['batch']}, "
-                f"{report['dtype']}, attention {report['attention_impl']}"),
+                f"{report['dtype']}, attention {report['attention_impl']} "
+                f"({report['attention_used']})"),
       ('device', f"{report['devices']} x {report['device_kind']} "
                  f"({report['backend']}; {report['cpu']})"),
       ('img/s', f"{report['img_per_s']:.2f} (per device "
@@ -417,7 +433,8 @@ def format_table(report: dict[str, Any]) -> str:
       ('step', f"{report['step_ms']:.1f} ms"),
       ('model TFLOP/s', f"{report['model_tflops_per_s']:.3f} "
                         f"({report['model_gflops_per_image']:.2f} GFLOP/img; "
-                        f"XLA counts {fmt(report['xla_gflops_per_image'], '.2f')})"),
+                        'XLA counts '
+                        f"{fmt(report['xla_gflops_per_image'], '.2f')})"),
       ('MFU', f"{fmt(report['mfu'], '.1%')} of "
               f"{fmt(report['peak_tflops_per_device'], '.2f')} TFLOP/s/device "
               f"({report['peak_source']})"),
@@ -448,7 +465,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--model', default='ViT-B_16',
-                      help='A models.MODEL_SIZES name, e.g. ViT-B_16, or testing.')
+                      help='e.g. ViT-B_16, ViT-Ti_16, or testing.')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--batch', type=int, default=16,
                       help='Global batch (over all devices).')
@@ -481,6 +498,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> dict[str, Any]:
   """Builds, compiles and times the runners; returns the report."""
+  if args.compare == 'timm':
+    _import_timm()  # Before minutes of compiling, not after.
   ours = JaxRunner(args)
   setup = ours.compile()
   runners = [ours]

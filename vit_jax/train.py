@@ -190,7 +190,7 @@ def make_train_step(model, tx, config, num_classes: int,
     if ema is not None:
       ema = optax.incremental_update(new_params, ema, 1 - config.ema_decay)
     # Finite loss and updates: the new state is safe to checkpoint.
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
     return state.replace(step=state.step + 1, params=new_params,
                          opt_state=opt_state, ema_params=ema), (loss, finite)
 
