@@ -10,6 +10,7 @@ warm-up + decay.
 
 from typing import Any
 
+import jax
 import optax
 
 HEAD_KEYS = ('head', 'pre_logits')
@@ -45,12 +46,16 @@ def learning_rate_fn(config) -> optax.Schedule:
   return optax.join_schedules([frozen, full], [config.freeze_steps])
 
 
-def _decay_mask(params) -> Any:
-  """True for weight matrices; False for biases, norms, cls, pos_embedding."""
-  def decays(path, value):
+def decay_mask(params) -> Any:
+  """True for kernels; False for biases, norms, cls and pos_embedding.
+
+  Decided by name, not rank: the attention biases are (heads, head_dim)
+  matrices, and decaying them would shrink what is meant to be free.
+  """
+  def decays(path, _):
     names = [getattr(p, 'key', str(p)) for p in path]
-    return value.ndim > 1 and not any(n in _NO_DECAY_KEYS for n in names)
-  import jax  # pylint: disable=g-import-not-at-top
+    return names[-1] == 'kernel' and not any(n in _NO_DECAY_KEYS
+                                             for n in names)
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -59,14 +64,13 @@ def _base_optimizer(config, schedule) -> optax.GradientTransformation:
     return optax.sgd(schedule, momentum=config.momentum or None)
   if config.optimizer == 'adamw':
     return optax.adamw(schedule, b1=config.momentum, b2=config.b2,
-                       weight_decay=config.weight_decay, mask=_decay_mask)
+                       weight_decay=config.weight_decay, mask=decay_mask)
   raise ValueError(f'optimizer must be "sgd" or "adamw", got '
                    f'{config.optimizer!r}.')
 
 
 def param_labels(params) -> dict[str, Any]:
   """'head' for the classifier layers, 'backbone' for everything else."""
-  import jax  # pylint: disable=g-import-not-at-top
   return {key: jax.tree.map(
       lambda _, k=key: 'head' if k in HEAD_KEYS else 'backbone', value)
           for key, value in params.items()}
