@@ -52,6 +52,10 @@ VARIANTS = {
                           'model.stochastic_depth': 0.1}),
     'bfloat16': ('bfloat16 compute (float32 parameters)',
                  {'model.dtype': 'bfloat16'}),
+    'patch_dropout_0.5': ('train on a random half of the patch tokens',
+                          {'model.patch_dropout': 0.5}),
+    'patch_dropout_0.25': ('train on a random 3/4 of the patch tokens',
+                           {'model.patch_dropout': 0.25}),
 }
 
 

@@ -47,6 +47,7 @@ def get_config():
   config.model.dropout_rate = 0.0  # Dropout after attention/MLP.
   config.model.attention_dropout_rate = 0.0  # Dropout on attention weights.
   config.model.stochastic_depth = 0.0  # Drop-path rate of the last block (linear in depth).
+  config.model.patch_dropout = 0.0  # Training only: fraction of patch tokens each image drops (PatchDropout; 0: off).
   config.model.dtype = 'float32'  # Compute dtype: float32 or bfloat16 (params stay float32).
   config.model.attention_impl = 'auto'  # auto, xla, cudnn or explicit.
   config.model.remat = False  # Recompute activations in the backward pass (saves memory).

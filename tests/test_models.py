@@ -175,3 +175,39 @@ def test_name_for_recovers_table_names():
   assert models.name_for(768, 12, 16) == 'ViT-B_16'
   assert models.name_for(192, 12, 4) == 'ViT-Ti_4'
   assert 'unnamed' in models.name_for(100, 3, 4)
+
+
+@pytest.mark.parametrize('num_prefix', [0, 1])
+def test_keep_random_patches_keeps_a_per_image_subset(num_prefix):
+  batch, length, width = 4, 1 + 16, 3
+  # Row values identify tokens: token t of image b is b * 100 + t.
+  ids = (np.arange(batch)[:, None] * 100 + np.arange(length)[None, :])
+  x = jnp.asarray(np.repeat(ids[:, :, None], width, axis=2), jnp.float32)
+  out = models.keep_random_patches(jax.random.PRNGKey(0), x, 0.75,
+                                   num_prefix=num_prefix)
+  assert out.shape == (batch, num_prefix + round((length - num_prefix) / 4),
+                       width)
+  kept = np.asarray(out[:, :, 0]).astype(int)
+  np.testing.assert_array_equal(kept[:, :num_prefix], ids[:, :num_prefix])
+  for b in range(batch):  # Distinct tokens of this image, none of the prefix.
+    patches = kept[b, num_prefix:]
+    assert len(set(patches)) == len(patches)
+    assert set(patches) <= set(ids[b, num_prefix:])
+  assert len({tuple(k % 100) for k in kept}) > 1  # Images differ.
+
+
+def test_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all():
+  plain = models.get_model('testing', 10, patch_size=8, classifier='gap')
+  dropped = models.get_model('testing', 10, patch_size=8, classifier='gap',
+                             patch_dropout=0.5)
+  params, images = _init(plain)
+  params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
+  np.testing.assert_array_equal(
+      plain.apply({'params': params}, images, train=False),
+      dropped.apply({'params': params}, images, train=False))
+  train = lambda m, seed: m.apply({'params': params}, images, train=True,
+                                  rngs={'dropout': jax.random.PRNGKey(seed)})
+  np.testing.assert_array_equal(train(plain, 0), train(plain, 1))
+  assert not np.allclose(train(dropped, 0), train(dropped, 1))
+  with pytest.raises(ValueError, match='patch_dropout'):
+    models.model_config('testing', patch_dropout=1.0)

@@ -57,6 +57,7 @@ class ViTConfig:
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0  # Drop-path rate of the last block.
+  patch_dropout: float = 0.0  # Training only: fraction of patch tokens dropped.
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
   attention_impl: str = 'auto'  # One of ATTENTION_IMPLS.
   remat: bool = False  # Recompute blocks in the backward pass to save memory.
@@ -83,6 +84,9 @@ def model_config(name: str, **overrides) -> ViTConfig:
   if config.classifier not in ('token', 'gap'):
     raise ValueError(f'classifier must be "token" or "gap", got '
                      f'{config.classifier!r}.')
+  if not 0.0 <= config.patch_dropout < 1.0:
+    raise ValueError(f'patch_dropout must be in [0, 1), got '
+                     f'{config.patch_dropout!r}.')
   if config.attention_impl not in ATTENTION_IMPLS:
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got '
                      f'{config.attention_impl!r}.')
@@ -277,12 +281,33 @@ class Encoder(nn.Module):
     c = self.config
     x_BxLxD = AddPositionEmbs(name='posembed_input')(x_BxLxD)
     x_BxLxD = nn.Dropout(c.dropout_rate)(x_BxLxD, deterministic=not train)
+    if train and c.patch_dropout:
+      x_BxLxD = keep_random_patches(
+          self.make_rng('dropout'), x_BxLxD, c.patch_dropout,
+          num_prefix=1 if c.classifier == 'token' else 0)
     block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if c.remat else (
         Encoder1DBlock)
     for i in range(c.num_layers):
       rate = c.stochastic_depth * i / max(c.num_layers - 1, 1)
       x_BxLxD = block(c, rate, name=f'encoderblock_{i}')(x_BxLxD, not train)
     return nn.LayerNorm(dtype=c.dtype, name='encoder_norm')(x_BxLxD)
+
+
+def keep_random_patches(rng, x_BxLxD, drop_fraction: float,
+                        num_prefix: int) -> jax.Array:
+  """PatchDropout (Liu et al., 2022): each image keeps a random subset of its
+  patch tokens (the class token, if any, always stays).
+
+  Applied after the position embeddings, so kept tokens know where they came
+  from; the blocks then cost about (1 - drop_fraction) as much. Evaluation
+  sees every token: the weights are those of the plain ViT.
+  """
+  prefix, patches = x_BxLxD[:, :num_prefix], x_BxLxD[:, num_prefix:]
+  batch, length, _ = patches.shape
+  keep = max(1, round(length * (1.0 - drop_fraction)))
+  order_BxL = jnp.argsort(jax.random.uniform(rng, (batch, length)), axis=1)
+  kept_BxLxD = jnp.take_along_axis(patches, order_BxL[:, :keep, None], axis=1)
+  return jnp.concatenate([prefix, kept_BxLxD], axis=1)
 
 
 class AddPositionEmbs(nn.Module):
