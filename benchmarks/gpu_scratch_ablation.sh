@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Why did the full from-scratch recipe stall at 47% on an H100 (BENCHMARKS.md)?
+# One device-tool call (under 10 minutes): short runs of the recipe, each
+# changing one suspect, all on the same wall-clock budget.
+#
+#   OUT=/some/dir bash benchmarks/gpu_scratch_ablation.sh
+#
+# Carries .whl/ (ml_collections wheel) and .gpu_data/cifar10.tar.gz (made by
+# benchmarks/make_gpu_cifar10.py, then `tar czf` of its output folder).
+# Writes $OUT/<variant>/{log,metrics.jsonl,summary.json} and $OUT/summary.txt.
+# SMOKE=1 shrinks the model to check the script on a CPU in a few minutes.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_ablation}
+SECONDS_EACH=${SECONDS_EACH:-75}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+if ! python3 -c 'import ml_collections' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+DATA=${DATA:-}
+if [ -z "$DATA" ]; then
+  mkdir -p /tmp/data && tar xzf .gpu_data/cifar10.tar.gz -C /tmp/data
+  DATA=/tmp/data/cifar10
+fi
+EXTRA=()
+if [ -n "${SMOKE:-}" ]; then
+  EXTRA=(--set batch=64 --set batch_eval=500 --set model.hidden_size=32
+         --set model.mlp_dim=64 --set model.num_heads=2 --set model.num_layers=1)
+fi
+
+# name|overrides (space-separated key=value), most telling first.
+VARIANTS=(
+  "recipe|"
+  "float32|model.dtype=float32"
+  "lr_1e-3|base_lr=0.001"
+  "no_mixup_cutmix|aug.mixup_alpha=0 aug.cutmix_alpha=0"
+  "patch_dropout_0.5|model.patch_dropout=0.5"
+)
+for spec in "${VARIANTS[@]}"; do
+  name=${spec%%|*}
+  sets=()
+  for kv in ${spec#*|}; do sets+=(--set "$kv"); done
+  # Each run needs SECONDS_EACH plus ~60 s of loading, compiling, evaluating.
+  if (( SECONDS + SECONDS_EACH + 60 > ${BUDGET_SECONDS:-540} )); then
+    echo "skipping $name: out of time" | tee -a "$OUT/summary.txt"
+    continue
+  fi
+  mkdir -p "$OUT/$name"
+  timeout $((SECONDS_EACH + 120)) python3 benchmarks/gpu_scratch.py \
+    --data "$DATA" --workdir "/tmp/ablation/$name" --evals 5 \
+    --train_seconds "$SECONDS_EACH" "${EXTRA[@]}" "${sets[@]}" \
+    > "$OUT/$name/log" 2>&1
+  echo "$name exit $?" >> "$OUT/summary.txt"
+  cp /tmp/ablation/$name/{metrics.jsonl,summary.json} "$OUT/$name/" 2>/dev/null
+  grep -h SUMMARY "$OUT/$name/log" | sed "s/^/$name /" >> "$OUT/summary.txt"
+done
+cat "$OUT/summary.txt"
