@@ -1,7 +1,8 @@
 """Ablation of the from-scratch CIFAR-10 recipe on an equal image budget.
 
   python benchmarks/scratch_ablation.py --out runs/ablation --images 102400 \
-      --tfds_data_dir ../shared/data/tensorflow_datasets [--only base,no_flip]
+      --tfds_data_dir ../shared/data/tensorflow_datasets [--only base,no_flip] \
+      [--set model.patch_dropout=0]
 
 Each variant is the `:cpu` preset of configs/cifar10_scratch.py with a few
 config overrides, trained by the real command line
@@ -71,8 +72,8 @@ def parse_args(argv=None):
   parser.add_argument('--only', default=None,
                       help=f'Comma-separated subset of: {", ".join(VARIANTS)}')
   parser.add_argument('--set', action='append', default=[],
-                      help='key=value applied to every variant, e.g. '
-                           'model.num_layers=6.')
+                      help='key=value applied to every variant (before its '
+                           'own overrides), e.g. model.patch_dropout=0.')
   args = parser.parse_args(argv)
   names = args.only.split(',') if args.only else list(VARIANTS)
   unknown = [n for n in names if n not in VARIANTS]
@@ -92,8 +93,8 @@ def command(args, overrides: dict, workdir: str) -> list[str]:
     settings['warmup_steps'] = args.warmup_images // batch
   if args.tfds_data_dir:
     settings['tfds_data_dir'] = args.tfds_data_dir
-  settings.update(overrides)
   settings.update(s.split('=', 1) for s in args.set)
+  settings.update(overrides)  # The variant's own change wins over --set.
   return [sys.executable, '-m', 'vit_jax.main', '--config',
           f'configs/cifar10_scratch.py:{args.preset}', '--workdir', workdir,
           *[f'--config.{k}={v}' for k, v in settings.items()]]

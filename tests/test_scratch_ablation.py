@@ -43,7 +43,8 @@ def _parsed_config(argv):
 @pytest.mark.parametrize('name', list(ABLATION.VARIANTS))
 def test_variant_overrides_parse_to_their_values(name):
   args = ABLATION.parse_args(['--out', '/tmp/unused', '--images', '25600',
-                              '--only', name])
+                              '--only', name,
+                              '--set', 'model.patch_dropout=0'])
   _, overrides = ABLATION.VARIANTS[name]
   config = _parsed_config(ABLATION.command(args, overrides, '/tmp/unused'))
   for key, value in overrides.items():
@@ -55,6 +56,8 @@ def test_variant_overrides_parse_to_their_values(name):
   assert config.eval_every == config.total_steps
   if 'warmup_steps' not in overrides:
     assert config.warmup_steps * config.batch == 12800
+  if 'model.patch_dropout' not in overrides:  # --set applies to the others.
+    assert config.model.patch_dropout == 0
 
 
 def test_unknown_variant_is_refused_with_the_known_names(capsys):
