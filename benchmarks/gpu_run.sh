@@ -9,12 +9,8 @@
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
-if ! python3 -c 'import ml_collections' 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+cd "$(dirname "$0")/.."
+source benchmarks/gpu_env.sh
 mkdir -p /tmp/data && tar xzf .gpu_data/cifar10.tar.gz -C /tmp/data
 (nvidia-smi || true; python3 -c 'import jax; print(jax.__version__, jax.devices())') > "$OUT/gpu.txt" 2>&1
 

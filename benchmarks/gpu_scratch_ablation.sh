@@ -14,12 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_ablation}
 SECONDS_EACH=${SECONDS_EACH:-75}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
-if ! python3 -c 'import ml_collections' 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+source benchmarks/gpu_env.sh
 DATA=${DATA:-}
 if [ -z "$DATA" ]; then
   mkdir -p /tmp/data && tar xzf .gpu_data/cifar10.tar.gz -C /tmp/data
@@ -49,7 +44,7 @@ for spec in "${VARIANTS[@]}"; do
   for kv in ${spec#*|}; do sets+=(--set "$kv"); done
   # Each run needs SECONDS_EACH plus ~60 s of loading, compiling, evaluating.
   if (( SECONDS + SECONDS_EACH + 60 > ${BUDGET_SECONDS:-540} )); then
-    echo "skipping $name: out of time" | tee -a "$OUT/summary.txt"
+    echo "skipping $name: out of time" >> "$OUT/summary.txt"
     continue
   fi
   mkdir -p "$OUT/$name"
