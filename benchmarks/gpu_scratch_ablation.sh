@@ -5,8 +5,10 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_scratch_ablation.sh
 #
-# Carries .whl/ (ml_collections wheel) and .gpu_data/cifar10.tar.gz (made by
-# benchmarks/make_gpu_cifar10.py, then `tar czf` of its output folder).
+# Needs, carried to the machine (device tool: carry [".whl", ".gpu_data"]):
+# .whl/ with the ml_collections wheel, and .gpu_data/cifar10.tar.gz, made by
+#   python benchmarks/make_gpu_cifar10.py ../shared/data/tensorflow_datasets .gpu_data/cifar10
+#   tar czf .gpu_data/cifar10.tar.gz -C .gpu_data cifar10 && rm -r .gpu_data/cifar10
 # Writes $OUT/<variant>/{log,metrics.jsonl,summary.json} and $OUT/summary.txt.
 # SMOKE=1 shrinks the model to check the script on a CPU in a few minutes.
 set -u
