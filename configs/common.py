@@ -22,6 +22,7 @@ def get_config():
   config.pp.resize = ml_collections.config_dict.placeholder(int)  # Side before the random crop (None: crop * 8/7; equal to crop: no resize).
   config.pp.crop = 224  # Side of the images the model sees.
   config.data_on_device = True  # Hold the data in accelerator memory; gather and augment there.
+  config.reuse_host_memory = True  # CPU backend: malloc reuses freed memory (vit_jax/host_memory.py; 1.1-1.4x faster small models).
 
   # Augmentation (on device, in JAX).
   config.aug = ml_collections.ConfigDict()
@@ -58,7 +59,7 @@ def get_config():
   config.batch = 512  # Global batch (all devices and hosts).
   config.batch_eval = 512  # Global evaluation batch.
   config.accum_steps = 1  # Micro-batches per step (gradient accumulation to fit memory).
-  config.optimizer = 'sgd'  # 'sgd' (with momentum) or 'adamw'.
+  config.optimizer = 'sgd'  # 'sgd' (with momentum), 'adamw', or 'muon' (encoder kernels; AdamW for the rest).
   config.base_lr = 0.03  # Peak learning rate.
   config.momentum = 0.9  # SGD momentum / Adam b1.
   config.b2 = 0.999  # Adam b2.

@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+from vit_jax import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/cifar10_scratch.py:cpu.',
@@ -95,12 +96,18 @@ def _keep_tensorflow_off_accelerators():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  reuse_memory = (_CONFIG.value.reuse_host_memory and
+                  host_memory.will_run_on_cpu(
+                      jax.config.jax_platforms,
+                      host_memory.accelerator_plugins()) and
+                  host_memory.reuse_freed_memory())
   _initialize_distributed()
   _keep_tensorflow_off_accelerators()
   from vit_jax import train  # pylint: disable=g-import-not-at-top
-  logging.info('JAX process %d of %d; local devices: %s; all devices: %d',
-               jax.process_index(), jax.process_count(), jax.local_devices(),
-               jax.device_count())
+  logging.info('JAX process %d of %d; local devices: %s; all devices: %d; '
+               'host memory reused between steps: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices(), jax.device_count(),
+               reuse_memory)
   logging.info('Config:\n%s', _CONFIG.value)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

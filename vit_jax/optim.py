@@ -59,13 +59,39 @@ def decay_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def muon_dimensions(params) -> Any:
+  """Muon's matrix view of each encoder kernel; None (AdamW) for the rest.
+
+  The encoder's dense kernels are matrices; the attention's are stored per
+  head, (hidden, heads, head_dim) and for `out` (heads, head_dim, hidden), and
+  are orthogonalized as the (hidden, heads * head_dim) matrices they are. The
+  patch embedding, head, biases, norms, cls and pos_embedding stay on AdamW.
+  """
+  def dims(path, leaf):
+    names = [getattr(p, 'key', str(p)) for p in path]
+    if names[0] != 'Transformer' or names[-1] != 'kernel':
+      return None
+    if leaf.ndim == 2:
+      return optax.contrib.MuonDimensionNumbers(0, 1)
+    if names[-2] == 'out':
+      return optax.contrib.MuonDimensionNumbers((0, 1), 2)
+    return optax.contrib.MuonDimensionNumbers(0, (1, 2))
+  return jax.tree_util.tree_map_with_path(dims, params)
+
+
 def _base_optimizer(config, schedule) -> optax.GradientTransformation:
   if config.optimizer == 'sgd':
     return optax.sgd(schedule, momentum=config.momentum or None)
   if config.optimizer == 'adamw':
     return optax.adamw(schedule, b1=config.momentum, b2=config.b2,
                        weight_decay=config.weight_decay, mask=decay_mask)
-  raise ValueError(f'optimizer must be "sgd" or "adamw", got '
+  if config.optimizer == 'muon':
+    return optax.contrib.muon(
+        schedule, beta=config.momentum, weight_decay=config.weight_decay,
+        weight_decay_mask=decay_mask, adam_b1=config.momentum,
+        adam_b2=config.b2, consistent_rms=0.2,
+        muon_weight_dimension_numbers=muon_dimensions)
+  raise ValueError(f'optimizer must be "sgd", "adamw" or "muon", got '
                    f'{config.optimizer!r}.')
 
 
