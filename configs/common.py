@@ -59,7 +59,7 @@ def get_config():
   config.batch = 512  # Global batch (all devices and hosts).
   config.batch_eval = 512  # Global evaluation batch.
   config.accum_steps = 1  # Micro-batches per step (gradient accumulation to fit memory).
-  config.optimizer = 'sgd'  # 'sgd' (with momentum), 'adamw', or 'muon' (encoder kernels; AdamW for the rest).
+  config.optimizer = 'sgd'  # 'sgd' (with momentum), 'adamw', or 'muon' (encoder kernels; undecayed Adam for the rest).
   config.base_lr = 0.03  # Peak learning rate.
   config.momentum = 0.9  # SGD momentum / Adam b1.
   config.b2 = 0.999  # Adam b2.

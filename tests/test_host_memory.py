@@ -48,4 +48,3 @@ def test_will_run_on_cpu():
   assert not host_memory.will_run_on_cpu(None, ['xla_cuda12'])
   assert host_memory.will_run_on_cpu(None, [])
   assert host_memory.will_run_on_cpu('', [])
-

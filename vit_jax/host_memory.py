@@ -8,8 +8,8 @@ of memory again: a quarter of all CPU time on the `:cpu` preset (measured with
 `perf`). Serving every thread from the main heap (one arena, no mmap) and not
 trimming that heap lets each step reuse the pages of the previous one:
 1.1-1.4x the training steps per second on 2 cores (BENCHMARKS.md), with
-bit-identical results. The process keeps
-its peak heap until it exits, which suits a training run.
+bit-identical results. The process keeps its peak heap until it exits, which
+suits a training run.
 
 Only for runs on the CPU: with one arena, the many threads of a tf.data
 pipeline that feeds an accelerator would queue for malloc's lock.

@@ -65,7 +65,9 @@ def muon_dimensions(params) -> Any:
   The encoder's dense kernels are matrices; the attention's are stored per
   head, (hidden, heads, head_dim) and for `out` (heads, head_dim, hidden), and
   are orthogonalized as the (hidden, heads * head_dim) matrices they are. The
-  patch embedding, head, biases, norms, cls and pos_embedding stay on AdamW.
+  patch embedding, head, biases, norms, cls and pos_embedding get optax
+  muon's Adam (Nesterov, no weight decay); weight_decay applies to the Muon
+  kernels only.
   """
   def dims(path, leaf):
     names = [getattr(p, 'key', str(p)) for p in path]
