@@ -38,3 +38,21 @@ def run_cli(args, env_extra=None, **kwargs):
 @pytest.fixture(name='image_folder')
 def fixture_image_folder(tmp_path):
   return make_image_folder(tmp_path / 'data')
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'gpu: needs a GPU; skipped elsewhere.')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Skips `gpu` tests unless JAX's default backend is a GPU."""
+  gpu_items = [item for item in items if 'gpu' in item.keywords]
+  if not gpu_items:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == 'gpu':
+    return
+  skip = pytest.mark.skip(reason=f'needs a GPU (backend: '
+                                 f'{jax.default_backend()})')
+  for item in gpu_items:
+    item.add_marker(skip)

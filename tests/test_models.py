@@ -110,15 +110,33 @@ def test_jit_and_eager_agree():
   np.testing.assert_allclose(eager, jitted, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('impl', ['xla', 'explicit'])
-def test_attention_implementations_agree(impl):
-  base = models.get_model('testing', 10, patch_size=8, attention_impl='auto')
-  other = models.get_model('testing', 10, patch_size=8, attention_impl=impl)
-  params, images = _init(base)
+def test_xla_and_explicit_attention_agree_with_gradients():
+  # Two different code paths on every backend: jax.nn.dot_product_attention
+  # on B x L x H x K against our own softmax on B x H x L x K.
+  kwargs = dict(patch_size=8, num_layers=2)
+  xla = models.get_model('testing', 10, attention_impl='xla', **kwargs)
+  explicit = models.get_model('testing', 10, attention_impl='explicit',
+                              **kwargs)
+  kernels = {models.attention_plan(m.config, 32, True).kernel
+             for m in (xla, explicit)}
+  assert kernels == {'xla', 'explicit'}
+  params, images = _init(xla)
   params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
-  np.testing.assert_allclose(base.apply({'params': params}, images),
-                             other.apply({'params': params}, images),
-                             atol=1e-5, rtol=1e-5)
+
+  def logits_and_grads(model):
+    apply = lambda p: model.apply({'params': p}, images, train=True)
+    return apply(params), jax.grad(
+        lambda p: (apply(p) * jnp.arange(10.)).sum())(params)
+
+  chex.assert_trees_all_close(logits_and_grads(xla),
+                              logits_and_grads(explicit), atol=1e-4,
+                              rtol=1e-4)
+
+
+def test_auto_attention_is_the_explicit_form_on_cpu():
+  config = models.model_config('testing', patch_size=8)
+  assert models.attention_plan(config, 32, True, backend='cpu').kernel == (
+      'explicit')
 
 
 def test_attention_weights_are_sown_and_rows_sum_to_one():

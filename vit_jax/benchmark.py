@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import attention
 from vit_jax import models
 
 NUM_CLASSES = 1000
@@ -368,9 +369,8 @@ def build_report(args, setup: Setup, speeds: list[float],
       'model': args.model, 'mode': args.mode, 'batch': args.batch,
       'image_size': args.image_size, 'dtype': args.dtype,
       'attention_impl': args.attention_impl,
-      'attention_used': models.resolve_attention_impl(
-          args.attention_impl, jnp.dtype(args.dtype),
-          model_config.hidden_size // model_config.num_heads),
+      'attention_used': models.attention_plan(
+          model_config, args.image_size, args.mode == 'train').describe(),
       'remat': args.remat,
       'backend': device.platform, 'device_kind': device.device_kind,
       'devices': devices,
@@ -484,7 +484,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       default='auto', help='torch.compile timm (auto: on GPU).')
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='Per-device peak for MFU (default: table).')
-  parser.add_argument('--attention_impl', choices=models.ATTENTION_IMPLS,
+  parser.add_argument('--attention_impl', choices=attention.IMPLS,
                       default='auto')
   parser.add_argument('--remat', action='store_true',
                       help='Recompute blocks in the backward pass.')

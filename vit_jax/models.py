@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax import attention
+
 # name -> (hidden_size, mlp_dim, num_heads, num_layers). One table for every size.
 MODEL_SIZES = {
     'Ti': (192, 768, 3, 12),
@@ -41,9 +43,6 @@ PUBLISHED_NAMES = ('ViT-Ti_16', 'ViT-S_16', 'ViT-S_32', 'ViT-B_8', 'ViT-B_16',
 
 _NAME_RE = re.compile(r'^(?:ViT-)?(?P<size>[A-Za-z]+)[_/](?P<patch>\d+)$')
 
-ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'explicit')
-
-
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   """Architecture hyper-parameters; every field is a `get_model` override."""
@@ -59,7 +58,7 @@ class ViTConfig:
   stochastic_depth: float = 0.0  # Drop-path rate of the last block.
   patch_dropout: float = 0.0  # Training only: fraction of patch tokens dropped.
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
-  attention_impl: str = 'auto'  # One of ATTENTION_IMPLS.
+  attention_impl: str = 'auto'  # One of attention.IMPLS.
   remat: bool = False  # Recompute blocks in the backward pass to save memory.
 
 
@@ -87,10 +86,33 @@ def model_config(name: str, **overrides) -> ViTConfig:
   if not 0.0 <= config.patch_dropout < 1.0:
     raise ValueError(f'patch_dropout must be in [0, 1), got '
                      f'{config.patch_dropout!r}.')
-  if config.attention_impl not in ATTENTION_IMPLS:
-    raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got '
+  if config.attention_impl not in attention.IMPLS:
+    raise ValueError(f'attention_impl must be one of {attention.IMPLS}, got '
                      f'{config.attention_impl!r}.')
   return config
+
+
+def num_tokens(config: ViTConfig, image_size: int, train: bool) -> int:
+  """Tokens each block sees: patches (fewer under PatchDropout while
+  training), plus the class token."""
+  patches = (image_size // config.patch_size) ** 2
+  if train and config.patch_dropout:
+    patches = _kept_patches(patches, config.patch_dropout)
+  return patches + (config.classifier == 'token')
+
+
+def attention_plan(config: ViTConfig, image_size: int, train: bool,
+                   backend: Optional[str] = None) -> attention.AttentionPlan:
+  """The attention kernel this model uses for `image_size` images: what
+  each attention module decides while tracing, for logging it up front.
+  `backend` (default: this process's) lets tests ask what a GPU would do."""
+  on_gpu = jax.default_backend() == 'gpu'  # Only a real GPU can be probed.
+  return attention.plan_attention(
+      config.attention_impl, backend=backend or jax.default_backend(),
+      dtype=config.dtype, head_dim=config.hidden_size // config.num_heads,
+      length=num_tokens(config, image_size, train), training=train,
+      needs_weights=train and config.attention_dropout_rate > 0,
+      probe=attention.cudnn_compiles if on_gpu else None)
 
 
 def name_for(hidden_size: int, num_layers: int, patch_size: int) -> str:
@@ -145,31 +167,23 @@ class _DenseParams(nn.Module):
     return kernel.astype(self.dtype), bias.astype(self.dtype)
 
 
-def resolve_attention_impl(impl: str, dtype: Any, head_dim: int) -> str:
-  """What 'auto' means on this backend: cuDNN flash attention on GPU with
-  16-bit compute, the explicit form on CPU (XLA:CPU runs its batched matmuls
-  far faster with the batch and head axes leading), else XLA's."""
-  if impl != 'auto':
-    return impl
-  backend = jax.default_backend()
-  if backend == 'cpu':
-    return 'explicit'
-  if (backend == 'gpu' and jnp.dtype(dtype).itemsize == 2 and
-      head_dim % 8 == 0 and head_dim <= 128):
-    return 'cudnn'
-  return 'xla'
-
-
 class MultiHeadDotProductAttention(nn.Module):
   """Self-attention with the parameter names of flax's module of that name.
 
-  'xla' and 'cudnn' use `jax.nn.dot_product_attention` on B x L x H x K
-  projections; 'explicit' computes softmax(QK^T/sqrt(K))V itself on
-  B x H x L x K ones, from one matmul for q, k and v together. The explicit
-  form also runs whenever attention weights are needed: with attention
-  dropout, or when the caller asks for them by making the 'intermediates'
-  collection mutable (they are then sown as `attention_weights`,
-  B x H x L x L, for attention maps). See `resolve_attention_impl` for 'auto'.
+  The kernel comes from `attention.plan_attention` (the rules and why they
+  exist are in vit_jax/attention.py). 'xla' and 'cudnn' run
+  `jax.nn.dot_product_attention` on B x L x H x K projections; 'explicit'
+  computes softmax(QK^T/sqrt(K))V itself on B x H x L x K ones, from one
+  matmul for q, k and v together. The explicit form also runs whenever
+  attention weights are needed: with attention dropout, or when the caller
+  asks for them by making the 'intermediates' collection mutable (they are
+  then sown as `attention_weights`, B x H x L x L, for attention maps).
+
+  The key bias enters softmax(q.(k + b)) as q.b, the same for every key of a
+  query, so softmax removes it: its true gradient is zero. It is held out of
+  differentiation so that the gradient is exactly zero rather than rounding
+  noise, which optimizers that normalise updates (Adam, Muon) would turn
+  into learning-rate-sized steps.
   """
   num_heads: int
   dtype: Any
@@ -178,20 +192,26 @@ class MultiHeadDotProductAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, *, deterministic):
-    width = x_BxLxD.shape[-1]
+    _, length, width = x_BxLxD.shape
     if width % self.num_heads:
       raise ValueError(f'hidden size {width} is not divisible by '
                        f'num_heads={self.num_heads}.')
     heads = (self.num_heads, width // self.num_heads)
     qkv = [_DenseParams((width,), heads, self.dtype, name=name)()
            for name in ('query', 'key', 'value')]
+    qkv[1] = (qkv[1][0], jax.lax.stop_gradient(qkv[1][1]))
     out_kernel_HxKxD, out_bias_D = _DenseParams(heads, (width,), self.dtype,
                                                 name='out')()
     x_BxLxD = x_BxLxD.astype(self.dtype)
-    impl = resolve_attention_impl(self.impl, self.dtype, heads[1])
     use_dropout = self.dropout_rate > 0 and not deterministic
     want_weights = self.is_mutable_collection('intermediates')
-    if use_dropout or want_weights or impl == 'explicit':
+    backend = jax.default_backend()
+    plan = attention.plan_attention(
+        self.impl, backend=backend, dtype=self.dtype, head_dim=heads[1],
+        length=length, training=not deterministic,
+        needs_weights=use_dropout or want_weights,
+        probe=attention.cudnn_compiles if backend == 'gpu' else None)
+    if plan.kernel == 'explicit':
       q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _heads_major_qkv(x_BxLxD, qkv)
       out_BxHxLxK = self._explicit(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK,
                                    deterministic, want_weights)
@@ -200,8 +220,7 @@ class MultiHeadDotProductAttention(nn.Module):
       q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
           jnp.einsum('bld,dhk->blhk', x_BxLxD, kernel) + bias
           for kernel, bias in qkv)
-      out_BxLxHxK = jax.nn.dot_product_attention(
-          q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation=impl)
+      out_BxLxHxK = attention.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, plan)
       out_BxLxD = jnp.einsum('blhk,hkd->bld', out_BxLxHxK, out_kernel_HxKxD)
     return out_BxLxD + out_bias_D
 
@@ -304,10 +323,14 @@ def keep_random_patches(rng, x_BxLxD, drop_fraction: float,
   """
   prefix, patches = x_BxLxD[:, :num_prefix], x_BxLxD[:, num_prefix:]
   batch, length, _ = patches.shape
-  keep = max(1, round(length * (1.0 - drop_fraction)))
+  keep = _kept_patches(length, drop_fraction)
   order_BxL = jnp.argsort(jax.random.uniform(rng, (batch, length)), axis=1)
   kept_BxLxD = jnp.take_along_axis(patches, order_BxL[:, :keep, None], axis=1)
   return jnp.concatenate([prefix, kept_BxLxD], axis=1)
+
+
+def _kept_patches(num_patches: int, drop_fraction: float) -> int:
+  return max(1, round(num_patches * (1.0 - drop_fraction)))
 
 
 class AddPositionEmbs(nn.Module):

@@ -277,6 +277,13 @@ def _no_pretrained(config):
   return unlocked
 
 
+def log_attention_plans(model_config: models.ViTConfig, image_size: int):
+  """Says once, at start, which attention kernel runs and why."""
+  for train, phase in ((True, 'Training'), (False, 'Evaluation')):
+    plan = models.attention_plan(model_config, image_size, train)
+    logging.info('%s: %s.', phase, plan.describe())
+
+
 class NonFiniteLossError(FloatingPointError):
   """Raised when the loss becomes NaN or inf; checkpoints stay intact."""
 
@@ -292,6 +299,7 @@ class Trainer:
     self.train_split, self.test_split = load_data(config)
     num_classes = self.train_split.info.num_classes
     self.model = make_model(config, num_classes)
+    log_attention_plans(self.model.config, config.pp.crop)
     self.tx = optim.make_optimizer(config)
     self.lr_fn = optim.learning_rate_fn(config)
     self.manager = ocp.CheckpointManager(
