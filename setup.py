@@ -32,5 +32,7 @@ setuptools.setup(
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat',
                  'ipykernel'],
+        # Reference implementations for the logit-parity tests only.
+        'peers': ['torch', 'torchvision', 'timm', 'transformers'],
     },
 )

@@ -15,6 +15,7 @@ def get_config():
   # Data.
   config.dataset = 'cifar10'  # tfds name, or a folder {train,test}/<class>/*.jpg.
   config.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or tfds default.
+  config.tfds_download = True  # Download and prepare a missing tfds dataset on first use (False: stop with a message).
   config.pp = ml_collections.ConfigDict()
   config.pp.train = 'train[:98%]'  # Training split (tfds slicing syntax).
   config.pp.test = 'test'  # Evaluation split; every example is seen once.

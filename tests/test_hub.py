@@ -82,6 +82,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.end_headers()
     if not send_body:
       return
+    if self.server.together is not None:
+      self.server.together.wait()  # Hold each answer until all have asked.
     route.gets += 1
     payload = body[start:]
     if route.drop_first is not None and route.gets == 1:
@@ -96,7 +98,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
   srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-  srv.routes, srv.requests = {}, []
+  srv.routes, srv.requests, srv.together = {}, [], None
   srv.url = f'http://127.0.0.1:{srv.server_port}'
   thread = threading.Thread(target=srv.serve_forever, args=(0.05,),
                             daemon=True)
@@ -176,8 +178,9 @@ def test_interrupted_run_keeps_partial_and_next_run_resumes(server,
   out = tmp_path / 'out'
   with pytest.raises(hub.FetchError, match='connection ended'):
     _fetch('ViT-B_16', out, [_url_source(server, '/f.npz')], retries=1)
-  assert _leftovers(out) == ['ViT-B_16.npz.partial']  # Nothing final.
-  assert os.path.getsize(out / 'ViT-B_16.npz.partial') == half
+  [partial] = hub.partial_files(str(out / 'ViT-B_16.npz'))  # Nothing final.
+  assert _leftovers(out) == [os.path.basename(partial)]
+  assert os.path.getsize(partial) == half
   path = _fetch('ViT-B_16', out, [_url_source(server, '/f.npz')])
   assert open(path, 'rb').read() == body
   assert server.requests[-1][2] == f'bytes={half}-'
@@ -194,7 +197,7 @@ def test_stale_partial_longer_than_file_is_restarted(server, tmp_path):
   body = _file_bytes(tmp_path)
   out = tmp_path / 'out'
   out.mkdir()
-  (out / 'ViT-B_16.npz.partial').write_bytes(b'x' * (len(body) + 10))
+  (out / 'ViT-B_16.npz.gone-1-0.partial').write_bytes(b'x' * (len(body) + 10))
   server.routes['/f.npz'] = Route(body)
   path = _fetch('ViT-B_16', out, [_url_source(server, '/f.npz')])
   assert open(path, 'rb').read() == body
@@ -418,3 +421,41 @@ def test_every_published_name_has_a_bucket_and_a_hub_source():
   for sources in hub.SOURCES.values():
     assert sources[0].location.startswith(hub.BUCKET)
     assert any(s.kind == 'hf' for s in sources)
+
+
+# ------------------------------------------------------- concurrent writers
+
+
+def test_concurrent_writers_each_write_their_own_partial(server, tmp_path):
+  """Two fetches of one file at once, with a stale partial file present.
+
+  The server answers neither until both have asked, so the transfers overlap.
+  With one shared `.partial`, both would append the second half to it.
+  """
+  body = _file_bytes(tmp_path)
+  half = len(body) // 2
+  out = tmp_path / 'out'
+  out.mkdir()
+  path = str(out / 'ViT-B_16.npz')
+  (out / 'ViT-B_16.npz.gone-1-0.partial').write_bytes(body[:half])
+  server.routes['/f.npz'] = Route(body)
+  server.together = threading.Barrier(2, timeout=30)
+  results, errors = [], []
+
+  def fetch():
+    try:
+      results.append(hub.download(server.url + '/f.npz', path,
+                                  progress=False))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  writers = [threading.Thread(target=fetch) for _ in range(2)]
+  for writer in writers:
+    writer.start()
+  for writer in writers:
+    writer.join()
+  assert not errors and results == [path, path]
+  assert open(path, 'rb').read() == body
+  ranges = sorted(str(request[2]) for request in server.requests)
+  assert ranges == ['None', f'bytes={half}-']  # One resumed, one afresh.
+  assert _leftovers(out) == ['ViT-B_16.npz']

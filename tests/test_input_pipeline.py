@@ -13,9 +13,11 @@ from vit_jax import input_pipeline
 CLASS_COLOURS = {'cat': 30, 'dog': 130, 'emu': 230}  # Grey level per class.
 
 
-def make_config(dataset, tfds_data_dir=None, source_size=None):
+def make_config(dataset, tfds_data_dir=None, source_size=None,
+                tfds_download=False):
   return ml_collections.ConfigDict({
       'dataset': str(dataset), 'tfds_data_dir': tfds_data_dir, 'seed': 0,
+      'tfds_download': tfds_download,
       'pp': {'train': 'train[:98%]', 'test': 'test',
              'source_size': source_size}})
 
@@ -197,6 +199,8 @@ def test_unprepared_dataset_says_where_it_looked_and_how_to_fix(tmp_path):
   message = load_error(make_config('cifar10', tfds_data_dir=str(tmp_path)))
   assert str(tmp_path) in message and "'cifar10'" in message
   assert '--config.tfds_data_dir' in message and 'tfds build' in message
+  assert 'Downloading is off (--config.tfds_download=False)' in message
+  assert os.listdir(tmp_path) == []  # Nothing written.
 
 
 def test_empty_image_folder(tmp_path):

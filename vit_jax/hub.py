@@ -9,8 +9,11 @@ refuses anonymous downloads (HTTP 403), so the Hub is usually what works.
 
 Downloads resume after interruption (HTTP Range into a `.partial` file), are
 checked against Content-Length (and sha256 where known), and appear under
-their final name only when complete. Hub files in timm or transformers layout
-are converted and written as `{name}.npz` in the vit_jax layout, so that
+their final name only when complete. Each writer has its own `.partial` file,
+locked while it writes, so concurrent fetches of one file (the processes of a
+multi-host job, two shells) never write into the same bytes; a later run
+adopts a partial file whose writer has gone and resumes it. Hub files in timm
+or transformers layout are converted and written as `{name}.npz` in the vit_jax layout, so that
 downstream code sees one format. The Hub part uses `huggingface_hub` (its
 cache, resume and HF_ENDPOINT); tests point both at a server on 127.0.0.1.
 
@@ -18,15 +21,20 @@ CLI: python -m vit_jax.checkpoint fetch ViT-B_16 [--dir checkpoints]
 """
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import hashlib
 import http.client
 import logging
 import os
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from typing import Optional, Sequence
 
@@ -163,8 +171,7 @@ def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
   `hf_endpoint` (else $HF_ENDPOINT) redirects the Hub, e.g. to a mirror.
   `force` replaces an existing file (atomically, once the new one is good).
   """
-  local_dir = cache_dir if _is_remote(pretrained_dir) else pretrained_dir
-  dest = os.path.join(local_dir, f'{name}.npz')
+  dest = local_path(name, pretrained_dir, cache_dir)
   if os.path.exists(dest) and not force:
     return dest
   tried = [(f'local file {dest}', 'replaced (force)' if force else
@@ -194,6 +201,13 @@ def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
   raise FetchError(_failure_message(name, dest, tried))
 
 
+def local_path(name: str, pretrained_dir: str = DEFAULT_DIR,
+               cache_dir: str = DEFAULT_DIR) -> str:
+  """Where `fetch` finds or puts `name`'s .npz on this machine."""
+  local_dir = cache_dir if _is_remote(pretrained_dir) else pretrained_dir
+  return os.path.join(local_dir, f'{name}.npz')
+
+
 def _fetch_one(source: Source, name: str, dest: str, *, retries, timeout,
                progress, hf_endpoint, hf_cache_dir) -> str:
   """Gets one source to `dest` (or returns a gs:// path to read in place)."""
@@ -207,7 +221,9 @@ def _fetch_one(source: Source, name: str, dest: str, *, retries, timeout,
       return download(source.location, dest, sha256=source.sha256,
                       retries=retries, timeout=timeout, progress=progress)
     suffix = os.path.splitext(source.location)[1] or '.safetensors'
-    tmp = os.path.join(os.path.dirname(dest), f'.{name}.download{suffix}')
+    # Unique per writer: a concurrent fetch must not install or delete it.
+    tmp = os.path.join(os.path.dirname(dest),
+                       f'.{name}.download-{uuid.uuid4().hex[:8]}{suffix}')
     download(source.location, tmp, sha256=source.sha256, retries=retries,
              timeout=timeout, progress=progress)
     try:
@@ -289,24 +305,26 @@ def download(url: str, path: str, *, sha256: Optional[str] = None,
              progress: bool = True) -> str:
   """Downloads `url` to `path`: resumable, size/sha256-checked, atomic.
 
-  Bytes go to `path + '.partial'`; an interrupted transfer resumes from it
-  (here, up to `retries` times, or in a later call), and only a complete,
-  verified file is renamed to `path`. A wrong size or checksum deletes it.
+  Bytes go to this writer's own `.partial` file (see `_own_partial`); an
+  interrupted transfer resumes from it (here, up to `retries` times, or in a
+  later call), and only a complete, verified file is renamed to `path`. A
+  wrong size or checksum deletes it.
   """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  partial = path + '.partial'
   start_time = time.monotonic()
-  for attempt in range(1, retries + 1):
-    try:
-      total = _transfer(url, partial, timeout, progress)
-      break
-    except _Interrupted as e:
-      if attempt == retries:
-        raise
-      log.warning('%s: %s; resuming (try %d of %d)', url, e, attempt + 1,
-                  retries)
-  _verify(partial, total, sha256)
-  os.replace(partial, path)
+  with _own_partial(path) as partial:
+    for attempt in range(1, retries + 1):
+      try:
+        total = _transfer(url, partial, timeout, progress,
+                          os.path.basename(path))
+        break
+      except _Interrupted as e:
+        if attempt == retries:
+          raise
+        log.warning('%s: %s; resuming (try %d of %d)', url, e, attempt + 1,
+                    retries)
+    _verify(partial, total, sha256, is_npz=path.endswith('.npz'))
+    os.replace(partial, path)
   size = os.path.getsize(path)
   seconds = max(time.monotonic() - start_time, 1e-6)
   log.info('%s: %.1f MB in %.1f s (%.1f MB/s)', path, size / 1e6, seconds,
@@ -314,8 +332,93 @@ def download(url: str, path: str, *, sha256: Optional[str] = None,
   return path
 
 
-def _transfer(url: str, partial: str, timeout: float,
-              progress: bool) -> Optional[int]:
+def partial_files(path: str) -> list[str]:
+  """The `.partial` files of downloads to `path`, of any writer."""
+  return sorted(glob.glob(f'{glob.escape(path)}.*.partial'))
+
+
+@contextlib.contextmanager
+def _own_partial(path: str):
+  """Yields a `.partial` file that only this writer writes, locked meanwhile.
+
+  A shared `path + '.partial'` would let two processes fetching the same file
+  (all hosts of a job, into a shared folder) append to one file at once. Here
+  each writer holds an exclusive lock on its own file; a partial file nobody
+  holds is left over from a run that stopped, and is adopted (renamed to this
+  writer's name under its lock) so that its bytes are resumed, not refetched.
+  The lock goes when the file is closed, including when the process dies.
+  """
+  mine = _writer_name(path)
+  fd = _adopt_stale_partial(path, mine)
+  while fd is None:
+    fd = os.open(mine, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+    if not _lock_if_still_named(fd, mine):
+      # Another writer's sweep adopted it, empty, before we locked it.
+      os.close(fd)
+      fd, mine = None, _writer_name(path)
+  try:
+    yield mine
+  finally:
+    os.close(fd)
+
+
+def _writer_name(path: str) -> str:
+  """A `.partial` name no other writer (host, process, call) uses."""
+  return (f'{path}.{socket.gethostname()}-{os.getpid()}-'
+          f'{uuid.uuid4().hex[:8]}.partial')
+
+
+def _adopt_stale_partial(path: str, mine: str) -> Optional[int]:
+  """A locked fd of the largest unheld partial file, renamed to `mine`.
+
+  Other unheld partial files are deleted: only one resume can be useful.
+  """
+  adopted = None
+  by_size = sorted(partial_files(path), key=_size_or_zero, reverse=True)
+  for candidate in by_size:
+    try:
+      fd = os.open(candidate, os.O_RDWR)
+    except FileNotFoundError:  # Finished or adopted meanwhile.
+      continue
+    if not _lock_if_still_named(fd, candidate):
+      os.close(fd)  # Its writer is alive (or another adopter won).
+    elif adopted is None:
+      os.rename(candidate, mine)
+      adopted = fd
+    else:
+      os.remove(candidate)
+      os.close(fd)
+  return adopted
+
+
+def _lock_if_still_named(fd: int, name: str) -> bool:
+  """Locks `fd` without waiting; True if `name` is still that file.
+
+  Holding the lock, nobody else can rename or delete the file, so a True
+  answer stays true until the fd is closed.
+  """
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return False
+  try:
+    if os.stat(name).st_ino == os.fstat(fd).st_ino:
+      return True
+  except FileNotFoundError:
+    pass
+  fcntl.flock(fd, fcntl.LOCK_UN)
+  return False
+
+
+def _size_or_zero(name: str) -> int:
+  try:
+    return os.path.getsize(name)
+  except FileNotFoundError:
+    return 0
+
+
+def _transfer(url: str, partial: str, timeout: float, progress: bool,
+              label: str) -> Optional[int]:
   """One HTTP request appending to `partial`; returns the total size.
 
   Errors before the body starts (HTTP 403/404, offline) propagate; a body
@@ -332,8 +435,10 @@ def _transfer(url: str, partial: str, timeout: float,
     total = _total_from_range(e.headers.get('Content-Range'))
     if total == start:  # A previous run got every byte but did not finish.
       return total
-    os.remove(partial)  # Stale: the file changed on the server.
-    return _transfer(url, partial, timeout, progress)
+    # Stale: the file changed on the server. Emptied, not deleted: the
+    # writer's lock is on this file.
+    open(partial, 'wb').close()
+    return _transfer(url, partial, timeout, progress, label)
   with response:
     if response.status == 206:
       total = _total_from_range(response.headers.get('Content-Range'))
@@ -341,7 +446,7 @@ def _transfer(url: str, partial: str, timeout: float,
     else:  # The server ignored Range (or there was none): start over.
       length = response.headers.get('Content-Length')
       total, start, mode = (int(length) if length else None), 0, 'wb'
-    _copy_body(response, partial, mode, start, total, progress)
+    _copy_body(response, partial, mode, start, total, progress, label)
   done = os.path.getsize(partial)
   if total is not None and done < total:
     raise _Interrupted(f'connection ended at {done} of {total} bytes')
@@ -349,12 +454,12 @@ def _transfer(url: str, partial: str, timeout: float,
 
 
 def _copy_body(response, partial: str, mode: str, start: int,
-               total: Optional[int], progress: bool):
+               total: Optional[int], progress: bool, label: str):
   """Streams the body into `partial` with a progress bar (% and MB/s)."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   with open(partial, mode) as f, tqdm(
       total=total, initial=start, unit='B', unit_scale=True,
-      desc=os.path.basename(partial)[:-len('.partial')],
+      desc=label,
       disable=not progress) as bar:
     while True:
       try:
@@ -373,7 +478,8 @@ def _total_from_range(content_range: Optional[str]) -> Optional[int]:
   return int(total) if total.isdigit() else None
 
 
-def _verify(partial: str, total: Optional[int], sha256: Optional[str]):
+def _verify(partial: str, total: Optional[int], sha256: Optional[str],
+            is_npz: bool):
   """Deletes and raises for a wrong size, checksum or a non-zip .npz."""
   size = os.path.getsize(partial)
   problem = None
@@ -381,7 +487,7 @@ def _verify(partial: str, total: Optional[int], sha256: Optional[str]):
     problem = f'size {size} bytes, but the server announced {total}'
   elif sha256 and _sha256(partial) != sha256.lower():
     problem = f'sha256 {_sha256(partial)} is not the expected {sha256}'
-  elif partial.endswith('.npz.partial') and not zipfile.is_zipfile(partial):
+  elif is_npz and not zipfile.is_zipfile(partial):
     problem = 'not an .npz (zip) file; an error page?'
   if problem:
     os.remove(partial)

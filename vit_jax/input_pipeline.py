@@ -9,8 +9,9 @@ on device (see preprocess.py); this module only delivers fixed-size uint8
 images.
 
 Sources: any TFDS image classification dataset by name (read from
-`config.tfds_data_dir`, else TFDS_DATA_DIR, else the TFDS default; never
-downloaded), or an image folder laid out `{train,test}/<class>/*.jpg|png`.
+`config.tfds_data_dir`, else TFDS_DATA_DIR, else the TFDS default; downloaded
+and prepared there on first use unless `config.tfds_download` is False), or
+an image folder laid out `{train,test}/<class>/*.jpg|png`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import dataclasses
 import difflib
 import functools
 import os
+import shutil
 import time
 from typing import Iterator
+import urllib.error
+import urllib.request
 
 from absl import logging
 import numpy as np
 from PIL import Image
+
+from vit_jax import cluster
 
 
 def _tensorflow():
@@ -72,7 +78,8 @@ def load_split(config, split: str
                                                      source_size)
   else:
     images, labels, class_names = _load_tfds(
-        config.dataset, _tfds_data_dir(config), split, source_size)
+        config.dataset, _tfds_data_dir(config), split, source_size,
+        config.tfds_download)
   if not len(labels):
     raise DataError(f'Split {split!r} of dataset {config.dataset!r} is empty.')
   info = DatasetInfo(num_classes=len(class_names), class_names=class_names,
@@ -179,12 +186,17 @@ def _tfds_data_dir(config) -> str | None:
 
 
 def _load_tfds(name: str, data_dir: str | None, split: str,
-               source_size: int | None):
-  tf, tfds = _tensorflow()
+               source_size: int | None, download: bool):
+  tf, _ = _tensorflow()
   builder = _tfds_builder(name, data_dir)
   image_key, label_key = _image_label_keys(builder.info, name)
   _check_native_size(builder.info, name, image_key, source_size)
-  dataset = _tfds_dataset(builder, name, split)
+  try:
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+  except AssertionError:  # How TFDS reports "not prepared".
+    _prepare_once_per_cluster(builder, name, download)
+    builder = _tfds_builder(name, data_dir)  # Metadata of the prepared set.
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
   dataset = dataset.map(
       lambda example: (_to_rgb(example[image_key], source_size),
                        tf.cast(example[label_key], tf.int32)),
@@ -238,17 +250,103 @@ def _check_native_size(info, name: str, image_key: str,
         '--config.pp.source_size=N to resize them to NxN when loading.')
 
 
-def _tfds_dataset(builder, name: str, split: str) -> tf.data.Dataset:
-  """builder.as_dataset without downloading; says how to fix a missing set."""
+def _prepare_once_per_cluster(builder, name: str, download: bool) -> None:
+  """Downloads and prepares `builder`'s dataset: once per shared data dir."""
+  if not download:
+    raise DataError(_not_prepared_message(
+        builder, name, 'Downloading is off (--config.tfds_download=False).'))
+  cluster.once_per_cluster(lambda: _download_and_prepare(builder, name),
+                           builder.is_prepared, f'prepare TFDS {name!r}')
+
+
+def _download_and_prepare(builder, name: str) -> None:
+  """tfds's download_and_prepare (progress bars included); on failure, one
+  message that says what was tried and the ways out, and nothing left that
+  a later run would mistake for data."""
+  if builder.is_prepared():
+    return
+  data_root = str(builder.data_dir_root)
+  logging.info('TFDS dataset %r is not prepared in %s: downloading and '
+               'preparing it (once; --config.tfds_download=False turns this '
+               'off).', name, data_root)
+  before = _download_leftovers(data_root)
+  dataset_dir = os.path.join(data_root, builder.name)
+  dataset_dir_existed = os.path.exists(dataset_dir)
   try:
-    return builder.as_dataset(split=split, shuffle_files=False)
-  except AssertionError as error:  # How TFDS reports "not prepared".
-    data_root = os.path.dirname(os.path.dirname(str(builder.data_dir)))
-    raise DataError(
-        f'TFDS dataset {name!r} is not prepared: searched {builder.data_dir} '
-        f'(data dir {data_root}). Fix: pass --config.tfds_data_dir=DIR (or set '
-        f"TFDS_DATA_DIR=DIR) for a DIR holding '{builder.name}/', or prepare "
-        f'it with `tfds build {name} --data_dir={data_root}`.') from error
+    _check_reachable(builder)
+    builder.download_and_prepare()
+  except Exception as error:  # pylint: disable=broad-except
+    # Network, HTTP, checksum or disk errors all end the same way.
+    for leftover in _download_leftovers(data_root) - before:
+      shutil.rmtree(leftover, ignore_errors=True)
+    if not dataset_dir_existed:
+      shutil.rmtree(dataset_dir, ignore_errors=True)
+    urls = ', '.join(_failed_request_urls(error) or _registered_urls(builder))
+    raise DataError(_not_prepared_message(
+        builder, name, f'Downloading it from {urls or "its source"} failed: '
+        f'{_first_line(error)}')) from None
+  logging.info('Prepared TFDS dataset %r in %s.', name, builder.data_dir)
+
+
+def _failed_request_urls(error: BaseException) -> list[str]:
+  """The URL of the HTTP request that failed, when the error carries it."""
+  while error is not None:
+    url = getattr(getattr(error, 'request', None), 'url', None)
+    if url:
+      return [url]
+    error = error.__cause__ or error.__context__
+  return []
+
+
+def _check_reachable(builder, timeout: float = 10.0) -> None:
+  """Fails at once when a known download host is unreachable (offline):
+  tfds itself retries for minutes before giving up."""
+  for url in _registered_urls(builder):
+    if not url.startswith(('http://', 'https://')):
+      continue
+    try:
+      urllib.request.urlopen(urllib.request.Request(url, method='HEAD'),
+                             timeout=timeout).close()
+    except urllib.error.HTTPError:
+      pass  # It answered; tfds reports real HTTP errors itself.
+    except OSError as error:
+      raise ConnectionError(f'{url} is unreachable ({error}); offline?'
+                            ) from None
+
+
+def _download_leftovers(data_root: str) -> set[str]:
+  """Unfinished downloads/extractions in data_root (tfds marks them so)."""
+  found = set()
+  for folder, dirs, files in os.walk(os.path.join(data_root, 'downloads')):
+    for entry in dirs + files:
+      if '.tmp.' in entry or 'incomplete' in entry.lower():
+        found.add(os.path.join(folder, entry))
+    dirs[:] = [d for d in dirs if os.path.join(folder, d) not in found]
+  return found
+
+
+def _registered_urls(builder) -> list[str]:
+  """The dataset's download URLs, where tfds lists them (checksums file)."""
+  try:
+    return sorted(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0]}' if lines else (
+      type(error).__name__)
+
+
+def _not_prepared_message(builder, name: str, why: str) -> str:
+  data_root = str(builder.data_dir_root)
+  return (
+      f'TFDS dataset {name!r} is not prepared in data dir {data_root}. {why} '
+      f'Ways out: pass --config.tfds_data_dir=DIR (or set TFDS_DATA_DIR=DIR) '
+      f"for a DIR that holds a prepared '{builder.name}/', or prepare it "
+      f'with `tfds build {name} --data_dir={data_root}` on a machine that '
+      'can download, and copy it there.')
 
 
 def _tfds_split_size(info, split: str) -> int | None:

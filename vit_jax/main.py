@@ -103,13 +103,17 @@ def main(argv):
                   host_memory.reuse_freed_memory())
   _initialize_distributed()
   _keep_tensorflow_off_accelerators()
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d of %d; local devices: %s; all devices: %d; '
                'host memory reused between steps: %s', jax.process_index(),
                jax.process_count(), jax.local_devices(), jax.device_count(),
                reuse_memory)
   logging.info('Config:\n%s', _CONFIG.value)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except input_pipeline.DataError as e:  # Says what to do; no traceback.
+    sys.exit(f'Error: {e}')
 
 
 def _config_overrides(argv) -> list[str]:

@@ -27,7 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
-from vit_jax import hub
+from vit_jax import cluster
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import models
@@ -244,7 +244,7 @@ def _fresh_state(model, tx, config, replicated) -> TrainState:
   params = _init_params(model, config, replicated)
   if config.pretrained_dir:
     # The file if it is there, else downloaded (bucket, then Hugging Face).
-    path = hub.fetch(config.model_name, config.pretrained_dir)
+    path = cluster.fetch_pretrained(config.model_name, config.pretrained_dir)
     logging.info('Loading pretrained weights from %s', path)
     loaded = checkpoint.load_pretrained(path, to_host(params), model.config)
     params = jax.device_put(loaded, replicated)
