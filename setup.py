@@ -32,7 +32,9 @@ setuptools.setup(
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat',
                  'ipykernel'],
-        # Reference implementations for the logit-parity tests only.
-        'peers': ['torch', 'torchvision', 'timm', 'transformers'],
+        # Reference implementations for the logit-parity tests only. Pinned
+        # as a pair: an older torch beside PyPI's newest torchvision breaks.
+        'peers': ['torch==2.14.1', 'torchvision==0.29.1', 'timm',
+                  'transformers'],
     },
 )
