@@ -1,6 +1,6 @@
 """Logit parity with timm and transformers through safetensors files (a check).
 
-Both directions of issue 4's "done when", at ViT-B/16 224px, 10 classes:
+Both conversion directions, at ViT-B/16 224px, 10 classes:
   import  a timm `vit_base_patch16_224` and a transformers
           `ViTForImageClassification` (random init) saved as .safetensors load
           via `checkpoint.load` with the same logits as in those libraries;

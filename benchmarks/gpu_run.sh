@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (device tool): from-scratch CIFAR-10 (issue 6), then
-# ViT-B/16 speed vs timm (issue 5). Carries: .whl (ml_collections wheel) and
+# One run on a GPU machine without a package index: from-scratch CIFAR-10, then
+# ViT-B/16 speed vs timm. Carries: .whl (ml_collections wheel) and
 # .gpu_data/cifar10.tar.gz (benchmarks/make_gpu_cifar10.py). Writes under $OUT:
 # gpu.txt, scratch.log, scratch_metrics.jsonl, scratch_summary.json,
 # bench.jsonl, bench.log.

@@ -1,4 +1,4 @@
-"""From-scratch CIFAR-10 on one GPU within a wall-clock budget (issue 6).
+"""From-scratch CIFAR-10 on one GPU within a wall-clock budget.
 
   python benchmarks/gpu_scratch.py --data /tmp/cifar10 --workdir $OUT/scratch \
       --train_seconds 300

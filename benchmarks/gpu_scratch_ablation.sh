@@ -5,7 +5,7 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_scratch_ablation.sh
 #
-# Needs, carried to the machine (device tool: carry [".whl", ".gpu_data"]):
+# Needs, carried in the checkout (.whl and .gpu_data):
 # .whl/ with the ml_collections wheel, and .gpu_data/cifar10.tar.gz, made by
 #   python benchmarks/make_gpu_cifar10.py ../shared/data/tensorflow_datasets .gpu_data/cifar10
 #   tar czf .gpu_data/cifar10.tar.gz -C .gpu_data cifar10 && rm -r .gpu_data/cifar10

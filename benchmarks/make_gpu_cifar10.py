@@ -1,5 +1,5 @@
 """Writes CIFAR-10 from a tfds data dir as an image folder small enough to
-carry to a lent GPU machine (which has no TensorFlow and no copy of the data).
+carry to a GPU machine without a package index (no TensorFlow, no copy of the data).
 
   python benchmarks/make_gpu_cifar10.py ../shared/data/tensorflow_datasets .gpu_data/cifar10
 
