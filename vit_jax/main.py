@@ -21,6 +21,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 from vit_jax import host_memory
+from vit_jax import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/cifar10_scratch.py:cpu.',
@@ -109,7 +110,10 @@ def main(argv):
                jax.process_count(), jax.local_devices(), jax.device_count(),
                reuse_memory)
   logging.info('Config:\n%s', _CONFIG.value)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except workdir_lock.WorkdirBusyError as e:  # One line: nothing went wrong.
+    sys.exit(f'Error: {e}')
 
 
 def _config_overrides(argv) -> list[str]:
