@@ -76,6 +76,7 @@ def get_config():
   config.progress_every = 100  # Steps between progress lines and training metrics.
   config.checkpoint_every = 1000  # Steps between checkpoints (and at the end).
   config.keep_checkpoints = 2  # Checkpoints kept in workdir/checkpoints.
+  config.lock_stale_minutes = 30  # A workdir lock from another host with no heartbeat (progress line) this long is taken over.
   config.seed = 0  # Seeds initialisation, data order, augmentation and dropout.
 
   return config

@@ -21,6 +21,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 from vit_jax import host_memory
+from vit_jax import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/cifar10_scratch.py:cpu.',
@@ -112,8 +113,8 @@ def main(argv):
   logging.info('Config:\n%s', _CONFIG.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except input_pipeline.DataError as e:  # Says what to do; no traceback.
-    sys.exit(f'Error: {e}')
+  except (input_pipeline.DataError, workdir_lock.WorkdirBusyError) as e:
+    sys.exit(f'Error: {e}')  # The message says what to do; no traceback.
 
 
 def _config_overrides(argv) -> list[str]:

@@ -33,6 +33,8 @@ from vit_jax import metrics
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import preprocess
+from vit_jax import recovery
+from vit_jax import workdir_lock
 
 
 @flax.struct.dataclass
@@ -265,8 +267,7 @@ def initial_state(model, tx, config, manager, mesh) -> TrainState:
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       abstract)
-  logging.info('Resuming from the checkpoint of step %d.', latest)
-  return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+  return recovery.restore_newest(manager, abstract)
 
 
 def _no_pretrained(config):
@@ -305,7 +306,8 @@ class Trainer:
     self.manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'checkpoints'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_checkpoints, create=True))
+            max_to_keep=config.keep_checkpoints, create=True,
+            cleanup_tmp_directories=True))  # Left by a killed save.
     self.state = initial_state(self.model, self.tx, config, self.manager,
                                self.mesh)
     self.train_source = BatchSource(self.train_split, self.mesh,
@@ -340,8 +342,14 @@ class Trainer:
   def save_checkpoint(self, step: int):
     if self.last_saved_step == step:
       return
-    self.manager.save(step, args=ocp.args.StandardSave(self.state))
+    with self.explain_failed_save():
+      self.manager.save(step, args=ocp.args.StandardSave(self.state))
     self.last_saved_step = step
+
+  def explain_failed_save(self):
+    """Save errors (raised later when asynchronous) that say what to do."""
+    return recovery.explain_failed_save(str(self.manager.directory),
+                                        self.state)
 
 
 def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
@@ -360,8 +368,17 @@ def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) a model per `config`; returns the final metrics."""
+  """Trains (or resumes) a model per `config`; returns the final metrics.
+
+  One job per workdir: a second one is refused (workdir_lock.py).
+  """
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir, 60 * config.lock_stale_minutes) as heartbeat:
+    return _train_and_evaluate(config, workdir, heartbeat)
+
+
+def _train_and_evaluate(config, workdir: str,
+                        heartbeat: Callable[[], None]) -> dict[str, float]:
   trainer = Trainer(config, workdir)
   start = int(to_host(trainer.state.step))
   total = config.total_steps
@@ -395,6 +412,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       }
       trainer.writer.write(done, scalars)
       progress.log(done, scalars)
+      heartbeat()
       summary.update(scalars)
       pending, pending_from, interval_start = [], done, time.monotonic()
     if done % config.eval_every == 0 or is_last:
@@ -409,7 +427,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       trainer.save_checkpoint(done)
   if start >= total:  # Already finished: evaluate the restored model.
     summary.update(trainer.evaluate())
-  trainer.manager.wait_until_finished()
+  with trainer.explain_failed_save():
+    trainer.manager.wait_until_finished()
   export(trainer, workdir)
   trainer.writer.close()
   summary['steps'] = total

@@ -1,0 +1,158 @@
+"""Faults met in practice, through the command line: a second job on the
+workdir, an abandoned lock, a damaged newest checkpoint, a failed save."""
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import make_image_folder
+from tests.conftest import run_cli
+from tests.test_main import _args
+from tests.test_main import _finish
+from tests.test_main import _params
+from vit_jax import workdir_lock
+
+# Checkpoint files of the test model reach ~1 MB; metrics and logs stay small.
+_FILE_SIZE_LIMIT = 32 * 1024
+
+
+@pytest.fixture(name='data', scope='module')
+def fixture_data(tmp_path_factory):
+  return make_image_folder(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(name='lone_run', scope='module')
+def fixture_lone_run(tmp_path_factory, data):
+  """Parameters of an uninterrupted 8-step run (warm-up: steps 0 and 1)."""
+  workdir = str(tmp_path_factory.mktemp('lone'))
+  _finish(run_cli(_args(workdir, data)))
+  return _params(workdir)
+
+
+def _assert_identical(expected, actual):
+  assert expected.keys() == actual.keys()
+  for key in expected:
+    assert expected[key].tobytes() == actual[key].tobytes(), key
+
+
+def _lock_path(workdir):
+  return os.path.join(workdir, workdir_lock.LOCK_NAME)
+
+
+def test_second_job_is_refused_and_first_ends_as_if_alone(tmp_path, data,
+                                                          lone_run):
+  workdir = str(tmp_path / 'w')
+  first = run_cli(_args(workdir, data))
+  deadline = time.monotonic() + 240
+  while not os.path.exists(_lock_path(workdir)):
+    assert first.poll() is None, first.communicate()[0]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  second = run_cli(_args(workdir, data))
+  output, _ = second.communicate(timeout=240)
+  assert first.poll() is None  # Still running: the refusal was not a race.
+  assert second.returncode == 1
+  last = output.strip().splitlines()[-1]
+  assert last.startswith(f'Error: workdir {workdir} is in use by another '
+                         f'job (host {socket.gethostname()}, pid {first.pid}')
+  assert 'Traceback' not in output and 'Training testing' not in output
+  _finish(first)
+  assert not os.path.exists(_lock_path(workdir))
+  _assert_identical(lone_run, _params(workdir))
+
+
+def test_abandoned_lock_is_taken_over_with_a_warning(tmp_path, data):
+  workdir = str(tmp_path / 'w')
+  os.makedirs(workdir)
+  crashed = subprocess.Popen([sys.executable, '-c', 'pass'])
+  crashed.wait()
+  with open(_lock_path(workdir), 'w') as f:
+    json.dump({'host': socket.gethostname(), 'pid': crashed.pid,
+               'since': '2024-01-01T00:00:00'}, f)
+  output = _finish(run_cli(_args(workdir, data, '--config.total_steps=2')))
+  assert f'Taking over the lock on workdir {workdir}' in output
+  assert f'pid {crashed.pid}' in output
+  assert os.path.exists(os.path.join(workdir, 'model.npz'))
+  assert not os.path.exists(_lock_path(workdir))
+
+
+def _truncate_largest_file(folder):
+  files = [os.path.join(root, name) for root, _, names in os.walk(folder)
+           for name in names]
+  largest = max(files, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path, data, lone_run):
+  workdir = str(tmp_path / 'w')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  _finish(run_cli(_args(workdir, data, '--config.total_steps=4')))
+  assert sorted(os.listdir(checkpoints)) == ['2', '4']
+  _truncate_largest_file(os.path.join(checkpoints, '4'))
+  output = _finish(run_cli(_args(workdir, data)))  # 8 steps.
+  assert 'The checkpoint of step 4' in output and 'cannot be read back' in (
+      output)
+  assert 'Resuming from the checkpoint of step 2.' in output
+  assert '4.corrupt' in sorted(os.listdir(checkpoints))
+  # Steps 0-1 are warm-up, the same for 4 and 8 total steps; steps 2-3 of
+  # the 4-step schedule were in checkpoint 4 and are trained again.
+  _assert_identical(lone_run, _params(workdir))
+
+
+def test_no_restorable_checkpoint_stops_instead_of_starting_over(tmp_path,
+                                                                 data):
+  workdir = str(tmp_path / 'w')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  _finish(run_cli(_args(workdir, data, '--config.total_steps=2')))
+  _truncate_largest_file(os.path.join(checkpoints, '2'))
+  process = run_cli(_args(workdir, data, '--config.total_steps=4'))
+  output, _ = process.communicate(timeout=240)
+  assert process.returncode != 0
+  assert f'No checkpoint in {checkpoints} can be restored (step 2:' in output
+  assert sorted(os.listdir(checkpoints)) == ['2']  # Nothing moved.
+  assert 'Training testing from step' not in output
+
+
+def _limit_file_size():
+  """A write past the limit fails with EFBIG, as a full disk fails one."""
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_SIZE_LIMIT,) * 2)
+
+
+def _folder_bytes(folder):
+  return {os.path.relpath(os.path.join(root, name), folder):
+          open(os.path.join(root, name), 'rb').read()
+          for root, _, names in os.walk(folder) for name in names}
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, data):
+  workdir = str(tmp_path / 'w')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  _finish(run_cli(_args(workdir, data, '--config.total_steps=2')))
+  saved_params = _params(workdir)
+  saved_checkpoint = _folder_bytes(os.path.join(checkpoints, '2'))
+  failing = run_cli(_args(workdir, data), preexec_fn=_limit_file_size)
+  output, _ = failing.communicate(timeout=300)
+  assert failing.returncode != 0
+  assert (f'CheckpointSaveError: Saving a checkpoint in {checkpoints} '
+          'failed: a file size limit was hit') in output
+  assert 'One checkpoint needs about' in output
+  assert 'The checkpoint of step 2 is intact' in output
+  assert not os.path.exists(_lock_path(workdir))  # Released on the error.
+  assert [n for n in os.listdir(checkpoints) if n.isdigit()] == ['2']
+  assert _folder_bytes(os.path.join(checkpoints, '2')) == saved_checkpoint
+  assert [n for n in os.listdir(checkpoints) if 'orbax-checkpoint-tmp' in n]
+  # Restorable: a rerun resumes from it (already at its total_steps) and
+  # exports exactly the parameters it held; the killed save's folder goes.
+  output = _finish(run_cli(_args(workdir, data, '--config.total_steps=2')))
+  assert 'Resuming from the checkpoint of step 2.' in output
+  assert not [n for n in os.listdir(checkpoints) if 'tmp' in n]
+  _assert_identical(saved_params, _params(workdir))
