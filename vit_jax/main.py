@@ -10,9 +10,11 @@ slices libtpu connects the hosts by itself. Only process 0 logs at INFO.
 """
 
 import difflib
+import functools
 import importlib.util
 import os
 import sys
+import time
 from typing import Any, Mapping, Optional
 
 from absl import app
@@ -93,7 +95,8 @@ def _keep_tensorflow_off_accelerators():
     sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
 
 
-def main(argv):
+def main(argv, started: float):
+  """`started`: time.monotonic() at the command's start (train_minutes)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   reuse_memory = (_CONFIG.value.reuse_host_memory and
@@ -109,7 +112,7 @@ def main(argv):
                jax.process_count(), jax.local_devices(), jax.device_count(),
                reuse_memory)
   logging.info('Config:\n%s', _CONFIG.value)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, started)
 
 
 def _config_overrides(argv) -> list[str]:
@@ -152,8 +155,10 @@ def _parse_flags_or_explain(argv):
 
 
 def run():
+  started = time.monotonic()
   remaining = _parse_flags_or_explain(sys.argv)
-  app.run(main, flags_parser=lambda _: remaining)
+  app.run(functools.partial(main, started=started),
+          flags_parser=lambda _: remaining)
 
 
 if __name__ == '__main__':

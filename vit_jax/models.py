@@ -185,6 +185,11 @@ class MultiHeadDotProductAttention(nn.Module):
     heads = (self.num_heads, width // self.num_heads)
     qkv = [_DenseParams((width,), heads, self.dtype, name=name)()
            for name in ('query', 'key', 'value')]
+    # Softmax is shift-invariant per query, so the key bias's true gradient
+    # is zero; computed, it is rounding noise that Adam/Muon scale up to
+    # learning-rate-sized steps (different for each device count). Exactly
+    # zero instead; the forward pass and the parameter tree are unchanged.
+    qkv[1] = (qkv[1][0], jax.lax.stop_gradient(qkv[1][1]))
     out_kernel_HxKxD, out_bias_D = _DenseParams(heads, (width,), self.dtype,
                                                 name='out')()
     x_BxLxD = x_BxLxD.astype(self.dtype)
