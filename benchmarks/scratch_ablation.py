@@ -98,8 +98,9 @@ def command(args, overrides: dict, workdir: str) -> list[str]:
   """The `python -m vit_jax.main` command line of one variant."""
   batch = overrides.get('batch', 128)
   steps = args.images // batch
-  settings = {'total_steps': steps, 'eval_every': steps,
-              'checkpoint_every': steps, 'progress_every': max(steps // 8, 1)}
+  settings = {'total_steps': steps, 'train_minutes': 0, 'eval_count': 0,
+              'eval_every': steps, 'checkpoint_every': steps,
+              'progress_every': max(steps // 8, 1)}
   if 'warmup_steps' not in overrides:
     settings['warmup_steps'] = args.warmup_images // batch
   if args.tfds_data_dir:

@@ -56,7 +56,8 @@ def get_config():
   config.pretrained_dir = 'checkpoints'  # Folder (local, gs://, https) with <model_name>.npz; None: from scratch.
 
   # Optimisation.
-  config.total_steps = 10_000  # Optimizer steps.
+  config.total_steps = 10_000  # Optimizer steps (with train_minutes: the most it may choose).
+  config.train_minutes = 0.0  # Wall-clock budget of the whole command; sizes total_steps from the step rate measured here (0: off).
   config.batch = 512  # Global batch (all devices and hosts).
   config.batch_eval = 512  # Global evaluation batch.
   config.accum_steps = 1  # Micro-batches per step (gradient accumulation to fit memory).
@@ -75,6 +76,7 @@ def get_config():
   config.eval_every = 1000  # Steps between evaluations (and at the end).
   config.progress_every = 100  # Steps between progress lines and training metrics.
   config.checkpoint_every = 1000  # Steps between checkpoints (and at the end).
+  config.eval_count = 0  # > 0: that many evaluations and checkpoints, evenly over total_steps (overrides eval_every, checkpoint_every).
   config.keep_checkpoints = 2  # Checkpoints kept in workdir/checkpoints.
   config.lock_stale_minutes = 30  # A workdir lock from another host with no heartbeat (progress line) this long is taken over.
   config.seed = 0  # Seeds initialisation, data order, augmentation and dropout.

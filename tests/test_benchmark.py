@@ -30,6 +30,8 @@ def test_train_counts_three_forward_passes():
   forward = benchmark.forward_flops(config, 224, 1000)
   # ~17.6 GMACs: the published ViT-B/16 figure.
   assert 35e9 < forward < 35.3e9
+  assert benchmark.step_flops(config, 224, 1000, 'infer') == forward
+  assert benchmark.step_flops(config, 224, 1000, 'train') == 3 * forward
 
 
 def test_main_prints_a_table_then_one_json_line(capsys, tmp_path):

@@ -31,6 +31,7 @@ def fixture_trained_run(tmp_path_factory):
     config.batch, config.batch_eval = 4, 4
     config.total_steps, config.warmup_steps = 3, 1
     config.eval_every = config.checkpoint_every = config.progress_every = 3
+    config.train_minutes, config.eval_count = 0.0, 0  # Exactly 3 steps.
   workdir = str(root / 'run')
   metrics = train.train_and_evaluate(config, workdir)
   return workdir, data, metrics

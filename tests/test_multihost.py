@@ -26,11 +26,9 @@ def _args(workdir, data):
           '--config.warmup_steps=1', '--config.progress_every=1',
           '--config.eval_every=3', '--config.checkpoint_every=2',
           '--config.model.dropout_rate=0.1',
-          # The key bias's gradient is zero up to rounding (softmax ignores
-          # a shift), which AdamW turns into moves that grow with the
-          # learning rate; at the preset's 8e-3 they differ between device
-          # counts by ~5e-5. 2e-3 keeps them within the tolerance below.
-          '--config.base_lr=0.002']
+          # A fixed step count, evaluations and checkpoints (the preset's
+          # own learning rate and optimizer).
+          '--config.train_minutes=0', '--config.eval_count=0']
 
 
 def _env(devices):
@@ -83,6 +81,10 @@ def test_two_processes_train_the_parameters_of_one(tmp_path, image_folder):
   expected, actual = _params(single), _params(shared)
   assert expected.keys() == actual.keys()
   for key in expected:
+    if key.endswith('key/bias'):  # Zero gradient, exactly: never moved.
+      assert actual[key].tobytes() == expected[key].tobytes(), key
+    # Float rounding in the gradient's reduction order, grown by Adam:
+    # 1.7e-6 after these 3 steps at lr 8e-3.
     np.testing.assert_allclose(actual[key], expected[key], atol=1e-5,
                                err_msg=key)
   with open(os.path.join(shared, 'metrics.jsonl')) as f:

@@ -30,6 +30,8 @@ def _tiny(config, **changes):
     config.progress_every = 1
     config.checkpoint_every = 2
     config.pp.source_size = None
+    config.train_minutes = 0.0  # A fixed step count (the :cpu preset's is timed).
+    config.eval_count = 0
     for key, value in changes.items():
       target = config
       *parents, leaf = key.split('.')
@@ -145,7 +147,7 @@ def test_batch_not_divisible_is_refused(tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, image_folder):
-  results = {}
+  summaries, params = {}, {}
   for accum in (1, 2):
     config = _tiny(cifar10_scratch.get_config('cpu'), dataset=image_folder,
                    accum_steps=accum, total_steps=2,
@@ -153,10 +155,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, image_folder):
                       'aug.label_smoothing': 0.0,
                       # Micro-batches draw their own token subsets.
                       'model.patch_dropout': 0.0})
-    results[accum] = train.train_and_evaluate(config,
-                                              str(tmp_path / f'a{accum}'))
-    results[accum] = checkpoint.load(str(tmp_path / f'a{accum}/model.npz'))
-  for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[2])):
+    summaries[accum] = train.train_and_evaluate(config,
+                                                str(tmp_path / f'a{accum}'))
+    params[accum] = checkpoint.load(str(tmp_path / f'a{accum}/model.npz'))
+  # The mean loss over the micro-batches is the big batch's mean loss.
+  np.testing.assert_allclose(summaries[2]['train_loss'],
+                             summaries[1]['train_loss'], rtol=1e-6)
+  assert summaries[2]['loss_test'] == pytest.approx(summaries[1]['loss_test'],
+                                                    rel=1e-5)
+  for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[2])):
     np.testing.assert_allclose(a, b, atol=2e-6)
 
 

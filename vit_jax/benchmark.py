@@ -77,6 +77,14 @@ def forward_flops(config: models.ViTConfig, image_size: int,
   return 2.0 * macs
 
 
+def step_flops(config: models.ViTConfig, image_size: int, num_classes: int,
+               mode: str) -> float:
+  """Model FLOPs per image of a step: a train step counts 3 forward passes
+  (the backward pass has two matmuls per forward one)."""
+  forward = forward_flops(config, image_size, num_classes)
+  return 3 * forward if mode == 'train' else forward
+
+
 def _cpu_peak_tflops(cores: int) -> tuple[float, str]:
   """ISA peak at the reported clock: cores x MHz x 2 FMA pipes x 2 x lanes.
 
@@ -357,9 +365,8 @@ def build_report(args, setup: Setup, speeds: list[float],
   device = jax.devices()[0]
   devices = jax.device_count()
   img_s = statistics.median(speeds)
-  flops_image = forward_flops(model_config, args.image_size, NUM_CLASSES)
-  if args.mode == 'train':
-    flops_image *= 3  # Forward + backward (two matmuls per forward one).
+  flops_image = step_flops(model_config, args.image_size, NUM_CLASSES,
+                           args.mode)
   tflops = img_s * flops_image / 1e12
   peak, peak_source = (
       (args.peak_tflops, 'flag') if args.peak_tflops

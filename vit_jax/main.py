@@ -10,9 +10,11 @@ slices libtpu connects the hosts by itself. Only process 0 logs at INFO.
 """
 
 import difflib
+import functools
 import importlib.util
 import os
 import sys
+import time
 from typing import Any, Mapping, Optional
 
 from absl import app
@@ -94,7 +96,8 @@ def _keep_tensorflow_off_accelerators():
     sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
 
 
-def main(argv):
+def main(argv, started: float):
+  """`started`: time.monotonic() at the command's start (train_minutes)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   reuse_memory = (_CONFIG.value.reuse_host_memory and
@@ -112,7 +115,7 @@ def main(argv):
                reuse_memory)
   logging.info('Config:\n%s', _CONFIG.value)
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, started)
   except (input_pipeline.DataError, workdir_lock.WorkdirBusyError) as e:
     sys.exit(f'Error: {e}')  # The message says what to do; no traceback.
 
@@ -157,8 +160,10 @@ def _parse_flags_or_explain(argv):
 
 
 def run():
+  started = time.monotonic()
   remaining = _parse_flags_or_explain(sys.argv)
-  app.run(main, flags_parser=lambda _: remaining)
+  app.run(functools.partial(main, started=started),
+          flags_parser=lambda _: remaining)
 
 
 if __name__ == '__main__':

@@ -199,6 +199,7 @@ class MultiHeadDotProductAttention(nn.Module):
     heads = (self.num_heads, width // self.num_heads)
     qkv = [_DenseParams((width,), heads, self.dtype, name=name)()
            for name in ('query', 'key', 'value')]
+    # The key bias's gradient is exactly zero (see the docstring).
     qkv[1] = (qkv[1][0], jax.lax.stop_gradient(qkv[1][1]))
     out_kernel_HxKxD, out_bias_D = _DenseParams(heads, (width,), self.dtype,
                                                 name='out')()

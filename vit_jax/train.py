@@ -11,9 +11,10 @@ uninterrupted one, whatever the number of devices.
 
 import dataclasses
 import json
+import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import logging
 import flax
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from vit_jax import budget
 from vit_jax import checkpoint
 from vit_jax import cluster
 from vit_jax import input_pipeline
@@ -339,6 +341,16 @@ class Trainer:
                         if isinstance(self.test_split.labels, np.ndarray)
                         else to_host(self.test_split.labels))
 
+  def use_config(self, config):
+    """Rebuilds what depends on the schedule (a new total_steps); the
+    state is kept: its structure does not depend on the schedule."""
+    self.config = config
+    self.tx = optim.make_optimizer(config)
+    self.lr_fn = optim.learning_rate_fn(config)
+    self.steps = {frozen: make_train_step(
+        self.model, self.tx, config, self.train_split.info.num_classes,
+        frozen) for frozen in (False, True)}
+
   def save_checkpoint(self, step: int):
     if self.last_saved_step == step:
       return
@@ -367,19 +379,128 @@ def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
         'config.base_lr or raise config.warmup_steps, then restart.')
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+def with_total_steps(config, total_steps: int):
+  """The config of a run of `total_steps`; with config.eval_count, its
+  evaluations and checkpoints spread evenly over those steps."""
+  resolved = config.copy_and_resolve_references()
+  resolved.total_steps = total_steps
+  if config.eval_count:
+    resolved.eval_every = resolved.checkpoint_every = budget.every(
+        total_steps, config.eval_count)
+  return resolved
+
+
+_MEASURED_STEPS = 20  # Fixed, not timed: every process runs the same steps.
+
+
+def _seconds(fn) -> float:
+  begin = time.monotonic()
+  jax.block_until_ready(fn())
+  return time.monotonic() - begin
+
+
+def measure_costs(trainer: Trainer, started: float) -> budget.Costs:
+  """Times a training step and an evaluation, compiled, on this machine.
+
+  The steps run on a copy of the state (a step donates its input) with the
+  provisional schedule: the run itself starts untouched afterwards.
+  """
+  step_fn = trainer.steps[trainer.config.freeze_steps > 0]
+  state = [jax.tree.map(jnp.copy, trainer.state)]
+
+  def train_steps(steps):
+    for step in steps:
+      state[0], out = step_fn(state[0], *trainer.train_batch(step))
+    return out
+
+  compile_s = _seconds(lambda: train_steps([0]))
+  step_s = _seconds(lambda: train_steps(range(1, 1 + _MEASURED_STEPS)))
+  del state
+  params, batch = trainer.eval_params(), trainer.config.batch_eval
+  num_examples = trainer.test_split.info.num_examples
+  measured = min(2 * batch, num_examples)
+  run_eval = lambda n: evaluate(trainer.eval_step, params,
+                                trainer.test_source, n, batch)
+  _seconds(lambda: run_eval(batch))  # Compiles.
+  per_batch = _seconds(lambda: run_eval(measured)) / math.ceil(measured /
+                                                                batch)
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(trainer.state))
+  return budget.Costs(
+      elapsed=time.monotonic() - started, step=step_s / _MEASURED_STEPS,
+      compile=compile_s,
+      eval=per_batch * math.ceil(num_examples / batch),
+      # Estimated, not timed (a test save would stay in the workdir): a
+      # second, plus the state written at 100 MB/s.
+      save=1.0 + state_bytes / 100e6)
+
+
+def _from_process_0(value: int) -> int:
+  """Process 0's value on every process (they must agree on the schedule)."""
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def choose_total_steps(trainer: Trainer, workdir: str, started: float) -> int:
+  """total_steps for config.train_minutes: measured here, stored in workdir."""
+  config = trainer.config
+  costs = measure_costs(trainer, started)
+  total = _from_process_0(budget.steps_within_budget(
+      config.train_minutes, costs, max_steps=config.total_steps,
+      eval_count=config.eval_count, eval_every=config.eval_every,
+      checkpoint_every=config.checkpoint_every,
+      compiles=1 + (config.freeze_steps > 0)))
+  if jax.process_index() == 0:
+    budget.store(workdir, total, config.train_minutes, costs)
+  logging.info(
+      'Time budget %.4g min: start-up %.1f s, a step %.4g s, an evaluation '
+      '%.3g s, compiling %.3g s -> total_steps=%d (stored in %s).',
+      config.train_minutes, costs.elapsed, costs.step, costs.eval,
+      costs.compile, total, os.path.join(workdir, budget.FILENAME))
+  return total
+
+
+def _stored_total(config, workdir: str) -> Optional[int]:
+  """The total chosen by this run's time budget before it was stopped."""
+  if not config.train_minutes:
+    return None
+  stored = budget.load_total(workdir) if jax.process_index() == 0 else None
+  stored = _from_process_0(stored or 0) or None
+  if stored:
+    logging.info('Keeping total_steps=%d, chosen for this run by its time '
+                 'budget (%s).', stored, os.path.join(workdir,
+                                                      budget.FILENAME))
+  return stored
+
+
+def make_trainer(config, workdir: str, started: float) -> Trainer:
+  """A Trainer with the run's total_steps: from config.total_steps, or from
+  the time budget (chosen now, or kept from before a restart)."""
+  stored = _stored_total(config, workdir)
+  trainer = Trainer(with_total_steps(config, stored or config.total_steps),
+                    workdir)
+  if config.train_minutes and not stored:
+    total = choose_total_steps(trainer, workdir, started)
+    trainer.use_config(with_total_steps(config, total))
+  return trainer
+
+
+def train_and_evaluate(config, workdir: str,
+                       started: Optional[float] = None) -> dict[str, float]:
   """Trains (or resumes) a model per `config`; returns the final metrics.
 
-  One job per workdir: a second one is refused (workdir_lock.py).
+  `started`: time.monotonic() when the command began, for
+  config.train_minutes (default: now). One job per workdir: a second one is
+  refused (workdir_lock.py).
   """
+  started = time.monotonic() if started is None else started
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.hold(workdir, 60 * config.lock_stale_minutes) as heartbeat:
-    return _train_and_evaluate(config, workdir, heartbeat)
+    return _train_and_evaluate(config, workdir, heartbeat, started)
 
 
-def _train_and_evaluate(config, workdir: str,
-                        heartbeat: Callable[[], None]) -> dict[str, float]:
-  trainer = Trainer(config, workdir)
+def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
+                        started: float) -> dict[str, float]:
+  trainer = make_trainer(config, workdir, started)
+  config = trainer.config
   start = int(to_host(trainer.state.step))
   total = config.total_steps
   progress = metrics.Progress(start, total)
@@ -433,6 +554,7 @@ def _train_and_evaluate(config, workdir: str,
   trainer.writer.close()
   summary['steps'] = total
   summary['seconds'] = time.monotonic() - start_time
+  summary['wall_seconds'] = time.monotonic() - started  # The whole command.
   logging.info('Done: %s', ', '.join(f'{k}={v:.4g}' for k, v in
                                       summary.items()))
   return summary
