@@ -17,9 +17,9 @@ the chosen steps (`eval_count`). The choice is stored in the workdir
 --config.train_minutes=0 --config.total_steps=N --config.eval_count=0.
 Measured results (accuracy on the full 10,000-image test split; commands,
 curves and the ablation in BENCHMARKS.md):
-  :cpu  76.6% test accuracy at 5,000 steps in 12.2 minutes (whole command)
-        on 2 CPU cores; 60.0% / 68.9% / 74.7% after 196 / 378 / 555 s of
-        training.
+  :cpu  74.4% test accuracy in 11.7 minutes (whole command; 3,650 steps
+        chosen by the budget) on a 2-core Zen 3 EPYC; at 5,000 steps 76.6% in
+        12.2 minutes on a 2-core Zen 4 EPYC.
   gpu   not yet validated: one 3-minute H100 run (69 epochs) stalled at 47.4%;
         benchmarks/gpu_scratch_ablation.sh is ready to find out why.
 """
