@@ -45,7 +45,8 @@ def test_fifteen_minutes_on_a_fast_and_a_slow_machine(img_per_s, expected):
 
 
 def test_a_budget_too_small_to_train_says_what_took_the_time():
-  with pytest.raises(ValueError, match=r'train_minutes=0.5 leaves no time '
+  with pytest.raises(budget.NoTimeToTrainError,
+                     match=r'train_minutes=0.5 leaves no time '
                      r'to train: 30 s went to start-up'):
     _steps(0.5)
 

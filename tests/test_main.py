@@ -138,3 +138,14 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path, image_folder,
   assert process.returncode != 0
   assert 'config.batch=8 must be divisible by the number of devices (3)' in (
       output)
+
+
+def test_a_budget_too_small_to_train_ends_with_one_line(tmp_path,
+                                                        image_folder):
+  process = run_cli(_args(str(tmp_path / 'w'), image_folder,
+                          '--config.train_minutes=0.01'))
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 1
+  assert output.strip().splitlines()[-1].startswith(
+      'Error: config.train_minutes=0.01 leaves no time to train:')
+  assert 'Traceback' not in output

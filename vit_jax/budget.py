@@ -27,6 +27,10 @@ FILENAME = 'budget.json'
 MARGIN = 0.05
 
 
+class NoTimeToTrainError(ValueError):
+  """The budget is used up before the first step; says where it went."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Costs:
   """Seconds measured on this machine before training starts."""
@@ -57,7 +61,7 @@ def steps_within_budget(train_minutes: float, costs: Costs, *, max_steps: int,
                 costs.save / checkpoint_every)
   steps = math.floor(usable / per_step) if usable > 0 else 0
   if steps < 1:
-    raise ValueError(
+    raise NoTimeToTrainError(
         f'config.train_minutes={train_minutes} leaves no time to train: '
         f'{costs.elapsed:.0f} s went to start-up, data loading and '
         f'measuring, a step takes {costs.step:.3g} s, an evaluation '

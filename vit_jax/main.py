@@ -107,7 +107,6 @@ def main(argv, started: float):
                   host_memory.reuse_freed_memory())
   _initialize_distributed()
   _keep_tensorflow_off_accelerators()
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d of %d; local devices: %s; all devices: %d; '
                'host memory reused between steps: %s', jax.process_index(),
@@ -116,8 +115,16 @@ def main(argv, started: float):
   logging.info('Config:\n%s', _CONFIG.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, started)
-  except (input_pipeline.DataError, workdir_lock.WorkdirBusyError) as e:
+  except _explained_errors() as e:
     sys.exit(f'Error: {e}')  # The message says what to do; no traceback.
+
+
+def _explained_errors() -> tuple[type[Exception], ...]:
+  """Errors whose message names the cause and the way out: one line each."""
+  from vit_jax import budget, input_pipeline, recovery, train  # pylint: disable=g-import-not-at-top
+  return (input_pipeline.DataError, workdir_lock.WorkdirBusyError,
+          budget.NoTimeToTrainError, recovery.NoRestorableCheckpointError,
+          recovery.CheckpointSaveError, train.NonFiniteLossError)
 
 
 def _config_overrides(argv) -> list[str]:
