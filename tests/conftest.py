@@ -1,8 +1,11 @@
 """Shared test helpers: tiny configs, image-folder datasets, CLI runs."""
 
+import contextlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 from PIL import Image
@@ -33,6 +36,22 @@ def run_cli(args, env_extra=None, **kwargs):
   return subprocess.Popen([sys.executable, '-m', 'vit_jax.main', *args],
                           cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@contextlib.contextmanager
+def local_http_server(handler):
+  """A threaded HTTP server for `handler` on 127.0.0.1 (a free port),
+  serving in the background until the block ends."""
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  server.url = f'http://127.0.0.1:{server.server_port}'
+  thread = threading.Thread(target=server.serve_forever, args=(0.05,),
+                            daemon=True)
+  thread.start()
+  try:
+    yield server
+  finally:
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(name='image_folder')

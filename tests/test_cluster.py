@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import local_http_server
 from tests.test_multihost import _free_port
 from vit_jax import cluster
 
@@ -56,15 +57,10 @@ class _CountingHandler(http.server.BaseHTTPRequestHandler):
 def fixture_bucket(tmp_path):
   """A bucket on 127.0.0.1 holding a (tiny, valid) ViT-B_16.npz."""
   np.savez(tmp_path / 'weights.npz', x=np.arange(1000, dtype=np.float32))
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _CountingHandler)
-  server.body = (tmp_path / 'weights.npz').read_bytes()
-  server.gets, server.second_request = [], threading.Event()
-  thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                            daemon=True)
-  thread.start()
-  yield server
-  server.shutdown()
-  server.server_close()
+  with local_http_server(_CountingHandler) as server:
+    server.body = (tmp_path / 'weights.npz').read_bytes()
+    server.gets, server.second_request = [], threading.Event()
+    yield server
 
 
 def _run_two(bucket, dirs):

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import local_http_server
 from vit_jax import checkpoint
 from vit_jax import convert
 from vit_jax import hub
@@ -97,15 +98,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-  srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-  srv.routes, srv.requests, srv.together = {}, [], None
-  srv.url = f'http://127.0.0.1:{srv.server_port}'
-  thread = threading.Thread(target=srv.serve_forever, args=(0.05,),
-                            daemon=True)
-  thread.start()
-  yield srv
-  srv.shutdown()
-  srv.server_close()
+  with local_http_server(_Handler) as srv:
+    srv.routes, srv.requests, srv.together = {}, [], None
+    yield srv
 
 
 def _closed_port_url() -> str:

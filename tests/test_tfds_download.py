@@ -13,7 +13,6 @@ import http.server
 import io
 import os
 import tarfile
-import threading
 
 import ml_collections
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.checksums import UrlInfo
 
+from tests.conftest import local_http_server
 from vit_jax import input_pipeline
 
 _TRAIN_PER_BATCH = 2  # 5 batches: 10 training images.
@@ -90,20 +90,14 @@ class _ArchiveHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(name='server')
 def fixture_server():
   archive, train_labels, train_images, test_labels = _archive()
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _ArchiveHandler)
-  server.archive, server.cut_at, server.gets = archive, None, 0
-  server.expected = (train_labels, train_images, test_labels)
-  thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                            daemon=True)
-  thread.start()
-  Cifar10OnLocalhost.URL = (f'http://127.0.0.1:{server.server_port}/'
-                            'cifar-10-binary.tar.gz')
-  Cifar10OnLocalhost.url_infos = {Cifar10OnLocalhost.URL: UrlInfo(
-      size=len(archive), checksum=hashlib.sha256(archive).hexdigest(),
-      filename='cifar-10-binary.tar.gz')}
-  yield server
-  server.shutdown()
-  server.server_close()
+  with local_http_server(_ArchiveHandler) as server:
+    server.archive, server.cut_at, server.gets = archive, None, 0
+    server.expected = (train_labels, train_images, test_labels)
+    Cifar10OnLocalhost.URL = f'{server.url}/cifar-10-binary.tar.gz'
+    Cifar10OnLocalhost.url_infos = {Cifar10OnLocalhost.URL: UrlInfo(
+        size=len(archive), checksum=hashlib.sha256(archive).hexdigest(),
+        filename='cifar-10-binary.tar.gz')}
+    yield server
 
 
 def _config(data_dir, download=True):
