@@ -42,19 +42,13 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, image_folder):
   straight = str(tmp_path / 'straight')
   _finish(run_cli(_args(straight, image_folder)))
   resumed = str(tmp_path / 'resumed')
-  process = run_cli(_args(resumed, image_folder))
-  first_checkpoint = os.path.join(resumed, 'checkpoints', '2')
-  deadline = time.monotonic() + 240
-  while not os.path.exists(first_checkpoint):
-    assert process.poll() is None, process.communicate()[0]
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert not os.path.exists(os.path.join(resumed, 'model.npz'))
+  _kill_after_checkpoint(run_cli(_args(resumed, image_folder)), resumed, 2)
   output = _finish(run_cli(_args(resumed, image_folder)))
   assert 'Resuming from the checkpoint of step' in output
-  expected, actual = _params(straight), _params(resumed)
+  _assert_bit_identical(_params(straight), _params(resumed))
+
+
+def _assert_bit_identical(expected, actual):
   assert expected.keys() == actual.keys()
   for key in expected:
     assert expected[key].tobytes() == actual[key].tobytes(), key
@@ -89,10 +83,7 @@ def test_time_budget_total_is_kept_on_resume_bit_identical(tmp_path,
   assert 'Resuming from the checkpoint of step' in output
   plain = str(tmp_path / 'plain')  # No budget, the same schedule.
   _finish(run_cli(_args(plain, image_folder, '--config.eval_count=4')))
-  expected, actual = _params(plain), _params(budgeted)
-  assert expected.keys() == actual.keys()
-  for key in expected:
-    assert expected[key].tobytes() == actual[key].tobytes(), key
+  _assert_bit_identical(_params(plain), _params(budgeted))
 
 
 def test_four_devices_give_the_parameters_of_one(tmp_path, image_folder):

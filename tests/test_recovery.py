@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import make_image_folder
 from tests.conftest import run_cli
 from tests.test_main import _args
+from tests.test_main import _assert_bit_identical
 from tests.test_main import _finish
 from tests.test_main import _params
 from vit_jax import workdir_lock
@@ -34,12 +35,6 @@ def fixture_lone_run(tmp_path_factory, data):
   workdir = str(tmp_path_factory.mktemp('lone'))
   _finish(run_cli(_args(workdir, data)))
   return _params(workdir)
-
-
-def _assert_identical(expected, actual):
-  assert expected.keys() == actual.keys()
-  for key in expected:
-    assert expected[key].tobytes() == actual[key].tobytes(), key
 
 
 def _lock_path(workdir):
@@ -65,7 +60,7 @@ def test_second_job_is_refused_and_first_ends_as_if_alone(tmp_path, data,
   assert 'Traceback' not in output and 'Training testing' not in output
   _finish(first)
   assert not os.path.exists(_lock_path(workdir))
-  _assert_identical(lone_run, _params(workdir))
+  _assert_bit_identical(lone_run, _params(workdir))
 
 
 def test_abandoned_lock_is_taken_over_with_a_warning(tmp_path, data):
@@ -104,7 +99,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(
   assert '4.corrupt' in sorted(os.listdir(checkpoints))
   # Steps 0-1 are warm-up, the same for 4 and 8 total steps; steps 2-3 of
   # the 4-step schedule were in checkpoint 4 and are trained again.
-  _assert_identical(lone_run, _params(workdir))
+  _assert_bit_identical(lone_run, _params(workdir))
 
 
 def test_no_restorable_checkpoint_stops_instead_of_starting_over(tmp_path,
@@ -157,4 +152,4 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, data):
   output = _finish(run_cli(_args(workdir, data, '--config.total_steps=2')))
   assert 'Resuming from the checkpoint of step 2.' in output
   assert not [n for n in os.listdir(checkpoints) if 'tmp' in n]
-  _assert_identical(saved_params, _params(workdir))
+  _assert_bit_identical(saved_params, _params(workdir))
