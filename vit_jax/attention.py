@@ -163,6 +163,12 @@ def cudnn_compiles(*, dtype: str, head_dim: int, length: int,
   return True
 
 
+def probe_on(backend: str) -> Optional[Callable[..., bool]]:
+  """The compile probe for `plan_attention` when this process runs on
+  `backend`: only a real GPU can be probed."""
+  return cudnn_compiles if backend == 'gpu' else None
+
+
 def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, plan: AttentionPlan) -> jax.Array:
   """softmax(QK^T/sqrt(K))V through `jax.nn.dot_product_attention`.
 

@@ -106,13 +106,12 @@ def attention_plan(config: ViTConfig, image_size: int, train: bool,
   """The attention kernel this model uses for `image_size` images: what
   each attention module decides while tracing, for logging it up front.
   `backend` (default: this process's) lets tests ask what a GPU would do."""
-  on_gpu = jax.default_backend() == 'gpu'  # Only a real GPU can be probed.
   return attention.plan_attention(
       config.attention_impl, backend=backend or jax.default_backend(),
       dtype=config.dtype, head_dim=config.hidden_size // config.num_heads,
       length=num_tokens(config, image_size, train), training=train,
       needs_weights=train and config.attention_dropout_rate > 0,
-      probe=attention.cudnn_compiles if on_gpu else None)
+      probe=attention.probe_on(jax.default_backend()))
 
 
 def name_for(hidden_size: int, num_layers: int, patch_size: int) -> str:
@@ -211,7 +210,7 @@ class MultiHeadDotProductAttention(nn.Module):
         self.impl, backend=backend, dtype=self.dtype, head_dim=heads[1],
         length=length, training=not deterministic,
         needs_weights=use_dropout or want_weights,
-        probe=attention.cudnn_compiles if backend == 'gpu' else None)
+        probe=attention.probe_on(backend))
     if plan.kernel == 'explicit':
       q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _heads_major_qkv(x_BxLxD, qkv)
       out_BxHxLxK = self._explicit(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK,
