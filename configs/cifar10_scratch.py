@@ -39,10 +39,6 @@ def get_config(arg=None):
   config.pp.resize = 32
   config.aug.crop_padding = 4
   config.optimizer = 'adamw'
-  config.momentum = 0.9
-  config.b2 = 0.999
-  config.grad_norm_clip = 1.0
-  config.decay_type = 'cosine'
   config.model.classifier = 'gap'
   if preset == 'gpu':
     config.model_name = 'ViT-S_4'
@@ -50,16 +46,13 @@ def get_config(arg=None):
     config.model.stochastic_depth = 0.1
     config.model.dtype = 'bfloat16'
     config.aug.randaugment_ops = 2
-    config.aug.randaugment_magnitude = 9
     config.aug.mixup_alpha = 0.8
     config.aug.cutmix_alpha = 1.0
     config.aug.label_smoothing = 0.1
     config.batch = 1024
     config.total_steps = 9_800  # 200 epochs.
-    config.warmup_steps = 500
     config.base_lr = 2e-3
     config.weight_decay = 0.05
-    config.eval_every = 1_000
     config.checkpoint_every = 2_000
   else:
     # Chosen by equal-images proxies on 2 CPU cores (BENCHMARKS.md): patch 4,
@@ -86,5 +79,4 @@ def get_config(arg=None):
     config.base_lr = 8e-3
     config.weight_decay = 0.05
     config.eval_count = 4
-    config.progress_every = 100
   return common.finalize(config)

@@ -30,11 +30,10 @@ def get_config():
   config.aug.flip = True  # Random horizontal flips.
   config.aug.crop_padding = 0  # Pad-and-crop jitter in pixels (used when no resize happens).
   config.aug.randaugment_ops = 0  # RandAugment ops per image (0: off).
-  config.aug.randaugment_magnitude = 9  # RandAugment magnitude (0..30).
+  config.aug.randaugment_magnitude = 9  # RandAugment magnitude (0..10; higher is clipped to 10).
   config.aug.mixup_alpha = 0.0  # Beta(alpha, alpha) mixup (0: off).
   config.aug.cutmix_alpha = 0.0  # Beta(alpha, alpha) cutmix (0: off).
   config.aug.label_smoothing = 0.0  # Mass spread uniformly over all classes.
-  config.aug.repeats = 1  # Repeated augmentation: copies of each example per batch.
 
   # Model.
   config.model_name = 'ViT-B_16'  # A models.MODEL_SIZES name, e.g. ViT-B_16, ViT-Ti_4, testing.

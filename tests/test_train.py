@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
@@ -32,12 +33,7 @@ def _tiny(config, **changes):
     config.pp.source_size = None
     config.train_minutes = 0.0  # A fixed step count (the :cpu preset's is timed).
     config.eval_count = 0
-    for key, value in changes.items():
-      target = config
-      *parents, leaf = key.split('.')
-      for p in parents:
-        target = target[p]
-      target[leaf] = value
+    config.update_from_flattened_dict(changes)
   return config
 
 
@@ -117,6 +113,25 @@ def test_finetune_config_freezes_backbone_then_trains_everything(tmp_path):
            if not np.array_equal(after_full[k], after_frozen[k])]
   assert 'embedding/kernel' in moved
   assert 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel' in moved
+
+
+@pytest.mark.parametrize('accum_steps', [1, 2])
+def test_frozen_step_computes_no_backbone_gradients(accum_steps):
+  """Phase 1 spares the backbone's backward pass: its gradients are exact
+  zeros (so XLA never computes them), while the head's are not."""
+  config = _tiny(cifar10_finetune.get_config())
+  model = train.make_model(config, num_classes=10)
+  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
+  params['head'] = jax.tree.map(np.ones_like, params['head'])  # Not zero-init.
+  images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  targets = jax.nn.one_hot(np.arange(4) % 10, 10)
+  for frozen in (True, False):
+    _, grads = train._gradients(params, model, images, targets,
+                                jax.random.key(2), accum_steps, frozen)
+    for key, tree in grads.items():
+      norm = float(optax.tree.norm(tree))
+      assert (norm == 0) == (frozen and key not in optim.HEAD_KEYS), (
+          frozen, key, norm)
 
 
 def test_missing_pretrained_file_says_where_and_how(tmp_path):

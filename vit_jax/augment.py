@@ -49,26 +49,31 @@ def normalize(images_u8: jax.Array) -> jax.Array:
 # ------------------------------------------------------------- crop and flip --
 
 
-def random_crop(rng: jax.Array, images_u8: jax.Array,
-                pad: int = 4) -> jax.Array:
-  """Pads each side by `pad` pixels and crops a random window of the input size.
+def reflect_pad(images_u8: jax.Array, pad: int) -> jax.Array:
+  """Pads each side of a [B,H,W,C] batch by `pad` pixels, mirroring the image.
 
-  Padding reflects the image rather than adding zeros. Zero padding puts black
-  bars into training images that never occur at test time, and their width tells
-  the model the crop offset. On CIFAR-10 the two choices score within noise of
-  each other (Wide ResNets used reflection, ResNets zeros), so we take the one
-  that adds no out-of-distribution pixels.
+  Reflection rather than zeros: zero padding puts black bars into training
+  images that never occur at test time, and their width tells the model the
+  crop offset. On CIFAR-10 the two choices score within noise of each other
+  (Wide ResNets used reflection, ResNets zeros), so we take the one that adds
+  no out-of-distribution pixels.
   """
-  batch, height, width, channels = images_u8.shape
   padding = ((0, 0), (pad, pad), (pad, pad), (0, 0))
-  padded = jnp.pad(images_u8, padding, mode="reflect")
-  offsets = jax.random.randint(rng, (batch, 2), 0, 2 * pad + 1)
+  return jnp.pad(images_u8, padding, mode="reflect")
+
+
+def random_crop(rng: jax.Array, images: jax.Array, crop: int) -> jax.Array:
+  """A random crop x crop window of each image of a [B,S,S,C] batch."""
+  batch, side, _, channels = images.shape
+  if side == crop:
+    return images
+  offsets = jax.random.randint(rng, (batch, 2), 0, side - crop + 1)
 
   def crop_one(image, offset):
-    start = (offset[0], offset[1], 0)
-    return lax.dynamic_slice(image, start, (height, width, channels))
+    return lax.dynamic_slice(image, (offset[0], offset[1], 0),
+                             (crop, crop, channels))
 
-  return jax.vmap(crop_one)(padded, offsets)
+  return jax.vmap(crop_one)(images, offsets)
 
 
 def random_flip(rng: jax.Array, images_u8: jax.Array) -> jax.Array:
@@ -77,17 +82,10 @@ def random_flip(rng: jax.Array, images_u8: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images_u8[:, :, ::-1], images_u8)
 
 
-def random_crop_flip(rng: jax.Array, images_u8: jax.Array,
-                     pad: int = 4) -> jax.Array:
-  """The standard CIFAR augmentation: reflect-pad, random crop, random flip."""
-  crop_rng, flip_rng = jax.random.split(rng)
-  return random_flip(flip_rng, random_crop(crop_rng, images_u8, pad))
-
-
 # ------------------------------------------------------------ per-image ops --
 
 
-def _to_uint8(pixels: jax.Array) -> jax.Array:
+def to_uint8(pixels: jax.Array) -> jax.Array:
   """Rounds and clips like PIL does, so chained ops stay on the uint8 grid."""
   return jnp.clip(jnp.round(pixels), 0, 255).astype(jnp.uint8)
 
@@ -99,7 +97,7 @@ def _blend(image_u8: jax.Array, degenerate: jax.Array,
   Written as image * f + degenerate * (1 - f) so that f == 1 is exact.
   """
   image = jnp.asarray(image_u8, jnp.float32)
-  return _to_uint8(image * factor + degenerate * (1.0 - factor))
+  return to_uint8(image * factor + degenerate * (1.0 - factor))
 
 
 def _grayscale(image: jax.Array) -> jax.Array:
@@ -116,7 +114,7 @@ def autocontrast(image_u8: jax.Array) -> jax.Array:
   low = image.min(axis=(0, 1), keepdims=True)
   high = image.max(axis=(0, 1), keepdims=True)
   scale = 255.0 / jnp.maximum(high - low, 1.0)
-  return jnp.where(high > low, _to_uint8((image - low) * scale), image_u8)
+  return jnp.where(high > low, to_uint8((image - low) * scale), image_u8)
 
 
 def _equalize_channel(channel_u8: jax.Array) -> jax.Array:
@@ -227,7 +225,7 @@ def affine_warp(image_u8: jax.Array, matrix: jax.Array) -> jax.Array:
   source_x = matrix[0, 0] * out_x + matrix[0, 1] * out_y + matrix[0, 2]
   source_y = matrix[1, 0] * out_x + matrix[1, 1] * out_y + matrix[1, 2]
   sampled = _sample_bilinear(image_u8, source_y + center_y, source_x + center_x)
-  return _to_uint8(sampled)
+  return to_uint8(sampled)
 
 
 def rotate(image_u8: jax.Array, degrees: jax.Array) -> jax.Array:
@@ -331,18 +329,6 @@ def rand_augment(rng: jax.Array, images_u8: jax.Array, num_ops: int = 2,
   """
   magnitudes = jnp.full((images_u8.shape[0],), magnitude, jnp.float32)
   return _apply_random_ops(rng, images_u8, num_ops, magnitudes)
-
-
-def trivial_augment(rng: jax.Array, images_u8: jax.Array) -> jax.Array:
-  """TrivialAugment (Mueller & Hutter, 2021): one random op per image, with a
-  magnitude drawn uniformly from [0, MAX_MAGNITUDE] over the RandAugment ranges.
-
-  It has no hyperparameters to tune, which suits a from-scratch baseline.
-  """
-  magnitude_rng, ops_rng = jax.random.split(rng)
-  magnitudes = jax.random.uniform(
-      magnitude_rng, (images_u8.shape[0],), maxval=MAX_MAGNITUDE)
-  return _apply_random_ops(ops_rng, images_u8, 1, magnitudes)
 
 
 # ------------------------------------------------------------ mixup/cutmix --

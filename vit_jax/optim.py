@@ -3,8 +3,10 @@
 Fine-tuning in two phases with one optimizer: parameters are labelled 'head'
 (head, and pre_logits if kept) or 'backbone'; optax.multi_transform gives
 each label its own transformation, and the backbone's is wrapped in
-optax.transforms.conditionally_transform so it returns zero updates and keeps
-its state untouched until `freeze_steps` have passed. Each phase has its own
+optax.transforms.conditionally_mask so it returns zero updates and keeps its
+state untouched until `freeze_steps` have passed. That mask is the one
+freezing mechanism (the train step only skips computing gradients it would
+throw away). Each phase has its own
 warm-up + decay.
 """
 
@@ -113,7 +115,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
   backbone = _base_optimizer(config, backbone_schedule)
   if config.freeze_steps:
     freeze_steps = config.freeze_steps
-    backbone = optax.transforms.conditionally_transform(
+    backbone = optax.transforms.conditionally_mask(
         backbone, lambda count: count >= freeze_steps)
   clip = (optax.clip_by_global_norm(config.grad_norm_clip)
           if config.grad_norm_clip else optax.identity())

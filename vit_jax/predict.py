@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import sys
-import types
 from typing import Any, Optional, Sequence
 
 import jax
@@ -174,18 +173,12 @@ def read_image(path: str, size: int) -> np.ndarray:
     raise ImageError(f'{path}: cannot read it as an image ({e}).') from None
 
 
-def eval_config(image_size: int):
-  """The one config key preprocess.eval_images reads."""
-  return types.SimpleNamespace(pp=types.SimpleNamespace(crop=image_size))
-
-
 def make_predict_fn(trained: TrainedModel):
   """uint8 [B,S,S,3] -> class probabilities [B, num_classes] (jitted)."""
-  config = eval_config(trained.image_size)
 
   @jax.jit
   def probabilities(params, images_u8):
-    images = preprocess.eval_images(images_u8, config)
+    images = preprocess.eval_images(images_u8, trained.image_size)
     logits = trained.model.apply({'params': params}, images, train=False)
     return jax.nn.softmax(logits)
 

@@ -10,6 +10,7 @@ uninterrupted one, whatever the number of devices.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -135,17 +136,31 @@ class BatchSource:
             to_global(self._split.labels[local], self._sharding))
 
 
-def _loss(params, model, images, targets, dropout_rng):
+def _stop_backbone_gradients(params):
+  """Phase 1: only the head is differentiated, so XLA drops the backbone's
+  backward pass (the optimizer's mask is what keeps the backbone frozen)."""
+  return {k: v if k in optim.HEAD_KEYS else jax.lax.stop_gradient(v)
+          for k, v in params.items()}
+
+
+def _loss(params, model, images, targets, dropout_rng, frozen: bool):
+  if frozen:
+    params = _stop_backbone_gradients(params)
   logits = model.apply({'params': params}, images, train=True,
                        rngs={'dropout': dropout_rng})
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def _gradients(params, model, images, targets, rng, accum_steps: int):
-  """Mean loss and gradients, accumulated over micro-batches if asked."""
-  grad_fn = jax.value_and_grad(_loss)
+def _gradients(params, model, images, targets, rng, accum_steps: int,
+               frozen: bool = False):
+  """Mean loss and gradients, accumulated over micro-batches if asked.
+
+  frozen: the backbone's gradients are exact zeros and never computed.
+  """
+  grad_fn = functools.partial(jax.value_and_grad(_loss), model=model,
+                              frozen=frozen)
   if accum_steps == 1:
-    return grad_fn(params, model, images, targets, rng)
+    return grad_fn(params, images=images, targets=targets, dropout_rng=rng)
 
   def micro_batches(x):
     # Rows j*A+i form micro-batch i: each device keeps its own rows.
@@ -154,8 +169,9 @@ def _gradients(params, model, images, targets, rng, accum_steps: int):
 
   def accumulate(carry, batch):
     i, micro_images, micro_targets = batch
-    loss, grads = grad_fn(params, model, micro_images, micro_targets,
-                          jax.random.fold_in(rng, i))
+    loss, grads = grad_fn(params, images=micro_images,
+                          targets=micro_targets,
+                          dropout_rng=jax.random.fold_in(rng, i))
     return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
   zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
@@ -165,31 +181,26 @@ def _gradients(params, model, images, targets, rng, accum_steps: int):
   return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
 
 
-def _keep_backbone(new_params, old_params):
-  """Frozen phase: the backbone's arrays are kept bit for bit."""
-  return {k: new_params[k] if k in optim.HEAD_KEYS else old_params[k]
-          for k in new_params}
-
-
 def make_train_step(model, tx, config, num_classes: int,
                     frozen: bool) -> Callable:
-  """A jitted step; `frozen` skips backbone gradients (phase 1)."""
+  """A jitted step; `frozen` skips backbone gradients (phase 1).
+
+  Freezing itself is the optimizer's job (optim.make_optimizer masks the
+  backbone's updates to zero until freeze_steps). `frozen` only spares the
+  backbone's gradients, which phase 1 does not use.
+  """
 
   def train_step(state: TrainState, images_u8, labels):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
-    images, targets = preprocess.train_batch(aug_rng, images_u8, labels,
-                                             num_classes, config)
-    params = state.params
-    if frozen:
-      params = {k: v if k in optim.HEAD_KEYS else jax.lax.stop_gradient(v)
-                for k, v in params.items()}
-    loss, grads = _gradients(params, model, images, targets, dropout_rng,
-                             config.accum_steps)
+    images, targets = preprocess.train_batch(
+        aug_rng, images_u8, labels, num_classes=num_classes,
+        crop=config.pp.crop, aug=config.aug,
+        resize=preprocess.resize_side(config.pp.crop, config.pp.resize))
+    loss, grads = _gradients(state.params, model, images, targets,
+                             dropout_rng, config.accum_steps, frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    if frozen:
-      new_params = _keep_backbone(new_params, state.params)
     ema = state.ema_params
     if ema is not None:
       ema = optax.incremental_update(new_params, ema, 1 - config.ema_decay)
@@ -205,7 +216,7 @@ def make_eval_step(model, config) -> Callable:
   """Per-example predictions and losses for a batch of uint8 images."""
 
   def eval_step(params, images_u8, labels):
-    images = preprocess.eval_images(images_u8, config)
+    images = preprocess.eval_images(images_u8, config.pp.crop)
     logits = model.apply({'params': params}, images, train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return logits.argmax(-1), losses

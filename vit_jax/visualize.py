@@ -74,8 +74,7 @@ def _to_grid(relevance_BxP: jax.Array) -> np.ndarray:
 def attention_maps(trained: predict.TrainedModel,
                    images_u8: np.ndarray) -> dict[str, np.ndarray]:
   """'rollout' and 'last_layer' maps, [B, grid, grid] in [0, 1], and 'probs'."""
-  config = predict.eval_config(trained.image_size)
-  images = preprocess.eval_images(jnp.asarray(images_u8), config)
+  images = preprocess.eval_images(jnp.asarray(images_u8), trained.image_size)
   weights = attention_weights(trained.model, trained.params, images)
   has_cls = trained.model.config.classifier == 'token'
   logits = trained.model.apply({'params': trained.params}, images,
