@@ -3,10 +3,10 @@
   python -m vit_jax.main --config configs/cifar10_finetune.py --workdir runs/ft
   python -m vit_jax.main --config configs/cifar10_finetune.py:384 --workdir runs/ft384
 
-Needs checkpoints/ViT-B_16.npz (`python -m vit_jax.checkpoint fetch ViT-B_16`).
-Recipe of the original repo (the base config's defaults): SGD momentum 0.9, base_lr 0.03, warm-up + cosine,
-global-norm clip 1, batch 512; published accuracy ~98.9% (224px) / ~99.0%
-(384px) after 10k steps on TPU. Phase 1 (`freeze_steps`) trains only the head
+Needs the ViT-B_16 weights (`python -m vit_jax.hub fetch ViT-B_16`).
+Recipe of the original repo (the base config's defaults): SGD momentum 0.9,
+base_lr 0.03, warm-up + cosine, global-norm clip 1, batch 512; published
+accuracy ~98.9% (224px) / ~99.0% (384px) after 10k steps on TPU. Phase 1 (`freeze_steps`) trains only the head
 on the frozen backbone (a linear probe; fast: no backbone gradients), phase 2
 trains everything with its own warm-up + cosine. Not yet run to completion
 here (needs a GPU/TPU and the real weights): see BENCHMARKS.md.

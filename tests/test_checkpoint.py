@@ -186,7 +186,7 @@ def test_missing_file_says_where_and_how_to_get_it(tmp_path):
     checkpoint.load(str(tmp_path / 'ViT-B_16.npz'))
   message = str(err.value)
   assert str(tmp_path / 'ViT-B_16.npz') in message
-  assert 'python -m vit_jax.checkpoint fetch ViT-B_16' in message
+  assert 'python -m vit_jax.hub fetch ViT-B_16' in message
 
 
 def test_truncated_file_is_named(tmp_path, model_and_params):

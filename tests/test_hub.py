@@ -246,7 +246,8 @@ def test_existing_local_file_is_used_without_any_request(server, tmp_path):
 
 
 def test_own_file_is_converted_into_place_and_force_replaces(tmp_path):
-  _, params = _tiny_params()
+  # Width 192 (ViT-Ti's) tells the 3 heads of the file's flat q/k/v.
+  _, params = _tiny_params(hidden_size=192, num_heads=3)
   mine = str(tmp_path / 'mine.safetensors')
   checkpoint.save(params, mine, layout='timm')
   out = tmp_path / 'out'
@@ -326,20 +327,46 @@ def _hub_route(server, repo, body, revision='main'):
 
 
 @pytest.mark.parametrize('layout', convert.LAYOUTS)
-def test_hub_file_is_converted_to_a_vit_jax_npz(server, tmp_path, layout):
+def test_hub_file_is_read_from_the_hf_cache_without_a_copy(server, tmp_path,
+                                                           layout):
   body = _file_bytes(tmp_path, layout=layout, num_heads=2)
   _hub_route(server, 'org/tiny', body, revision='refs/pr/1')
   out = tmp_path / 'out'
   source = hub.Source('hf', 'org/tiny', 'model.safetensors', layout,
                       revision='refs/pr/1')
-  # The name 'testing' fixes num_heads=2: the file's flat q/k/v do not say.
   path = _fetch('testing', out, [source], hf_endpoint=server.url)
-  assert path == str(out / 'testing.npz')
-  assert checkpoint.detect_layout(checkpoint.read_flat(path)) == 'vit_jax'
+  assert path.startswith(str(out / 'hf-cache') + os.sep)
+  assert open(path, 'rb').read() == body  # The Hub's file, as served.
+  assert _leftovers(out) == []  # No second copy beside it.
   _, expected = _tiny_params()
-  loaded = checkpoint.flatten(checkpoint.load(path))
+  # num_heads=2: the file's flat q/k/v do not say, and width 16 is no size.
+  loaded = checkpoint.flatten(checkpoint.load(path, num_heads=2))
+  assert sorted(loaded) == sorted(checkpoint.flatten(expected))
   for key, value in checkpoint.flatten(expected).items():
     np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_a_later_run_finds_the_hub_file_offline(server, tmp_path):
+  _hub_route(server, 'org/tiny', _file_bytes(tmp_path, layout='timm'))
+  out = tmp_path / 'out'
+  sources = [_url_source(server, '/bucket.npz'),
+             hub.Source('hf', 'org/tiny', 'model.safetensors', 'timm')]
+  first = _fetch('testing', out, sources, hf_endpoint=server.url)
+  server.requests.clear()
+  offline = [hub.Source('url', _closed_port_url()), sources[1]]
+  again = _fetch('testing', out, offline, hf_endpoint=_closed_port_url())
+  assert again == first
+  assert server.requests == []
+  assert hub.find_local('testing', str(out), offline,
+                        hf_cache_dir=str(out / 'hf-cache')) == first
+
+
+def test_hub_file_of_another_layout_than_declared_falls_through(server,
+                                                                tmp_path):
+  _hub_route(server, 'org/tiny', _file_bytes(tmp_path, layout='timm'))
+  source = hub.Source('hf', 'org/tiny', 'model.safetensors', 'transformers')
+  with pytest.raises(hub.FetchError, match='holds a timm state dict'):
+    _fetch('testing', tmp_path / 'out', [source], hf_endpoint=server.url)
 
 
 def test_hf_endpoint_env_var_redirects_the_hub(server, tmp_path, monkeypatch):
@@ -350,17 +377,16 @@ def test_hf_endpoint_env_var_redirects_the_hub(server, tmp_path, monkeypatch):
   assert os.path.exists(path)  # Layout None: told from the keys.
 
 
-def test_fine_tuning_finds_fetched_weights(server, tmp_path):
-  """The recipe loads `{pretrained_dir}/{name}.npz` via load_pretrained."""
+def test_fine_tuning_loads_the_fetched_hub_file(server, tmp_path):
+  """As train.py: load_pretrained(the path fetch returns), heads from the
+  model's config (width 16 is no named size)."""
   _hub_route(server, 'org/tiny', _file_bytes(tmp_path, layout='timm'))
-  pretrained_dir = tmp_path / 'pretrained'
-  _fetch('testing', pretrained_dir,
-         [hub.Source('hf', 'org/tiny', 'model.safetensors', 'timm')],
-         hf_endpoint=server.url)
+  path = _fetch('testing', tmp_path / 'pretrained',
+                [hub.Source('hf', 'org/tiny', 'model.safetensors', 'timm')],
+                hf_endpoint=server.url)
   model, init = _tiny_params(seed=1)
   config = models.model_config('ViT-Ti_16', **TINY)
-  params = checkpoint.load_pretrained(str(pretrained_dir / 'testing.npz'),
-                                      init, config)
+  params = checkpoint.load_pretrained(path, init, config)
   _, pretrained = _tiny_params(seed=0)
   np.testing.assert_array_equal(params['cls'], pretrained['cls'])
   assert model.apply({'params': params}, np.zeros((1, 32, 32, 3))).shape == (
@@ -371,8 +397,8 @@ def test_fine_tuning_finds_fetched_weights(server, tmp_path):
 
 
 def test_cli_fetch_uses_the_table_bucket_then_hub(server, tmp_path):
-  """`python -m vit_jax.checkpoint fetch ViT-B_16` with the real table:
-  the bucket answers 403, the transformers repo on the (local) Hub works."""
+  """`python -m vit_jax.hub fetch ViT-B_16` with the real table: the
+  bucket answers 403, the transformers repo on the (local) Hub works."""
   server.routes['/imagenet21k/ViT-B_16.npz'] = Route(status=403)
   # 24 wide: divisible by ViT-B's 12 heads, and small.
   body = _file_bytes(tmp_path, layout='transformers', hidden_size=24,
@@ -382,12 +408,15 @@ def test_cli_fetch_uses_the_table_bucket_then_hub(server, tmp_path):
              HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / 'hf-home'))
   out = tmp_path / 'checkpoints'
   result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.checkpoint', 'fetch', 'ViT-B_16',
+      [sys.executable, '-m', 'vit_jax.hub', 'fetch', 'ViT-B_16',
        '--dir', str(out), '--quiet'], env=env, capture_output=True,
       text=True, timeout=120, check=False,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip() == str(out / 'ViT-B_16.npz')
+  path = result.stdout.strip()
+  assert path.startswith(str(tmp_path / 'hf-home') + os.sep)
+  assert open(path, 'rb').read() == body
+  assert os.listdir(out) == []  # No copy (nor .partial) beside the cache.
   assert 'HTTP 403' in result.stderr
   # (huggingface_hub may also call its /api/ routes; they are not files.)
   assert [r[1] for r in server.requests

@@ -141,7 +141,7 @@ def test_missing_pretrained_file_says_where_and_how(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
       train.Trainer(config, str(tmp_path / 'run'))
   assert str(tmp_path / 'nowhere' / 'testing.npz') in str(err.value)
-  assert 'vit_jax.checkpoint fetch' in str(err.value)
+  assert 'vit_jax.hub fetch' in str(err.value)
 
 
 def test_eval_sees_every_example_exactly_once(tmp_path, image_folder):

@@ -9,7 +9,6 @@ host; then every process runs the job itself, which finds the result in
 place and returns at once.
 """
 
-import os
 import socket
 import zlib
 from typing import Callable, TypeVar
@@ -47,10 +46,14 @@ def once_per_cluster(job: Callable[[], T], done_here: Callable[[], bool],
 
 
 def fetch_pretrained(name: str, pretrained_dir: str) -> str:
-  """hub.fetch, downloading once per cluster (or per host, if host-local)."""
+  """hub.fetch, downloading once per cluster (or per host, if host-local).
+
+  The path is `{pretrained_dir}/{name}.npz` for bucket files and files put
+  there by hand, the Hugging Face cache's file for Hub sources.
+  """
   return once_per_cluster(
       lambda: hub.fetch(name, pretrained_dir),
-      lambda: os.path.exists(hub.local_path(name, pretrained_dir)),
+      lambda: hub.find_local(name, pretrained_dir) is not None,
       f'get the pretrained weights of {name}')
 
 

@@ -31,7 +31,7 @@ so a `state_dict()` saved directly has those names: they read too, as do bare
 `ViTModel` files (no 'vit.' prefix). Export writes the Hub names, which
 `from_pretrained` loads in transformers 4 and 5. PyTorch keeps the head
 split flattened (timm even fuses q, k and v), so reading needs the number of
-heads: it is looked up from the width in `models.MODEL_SIZES` unless given.
+heads: it is looked up from the width (`layout.heads_for_width`) unless given.
 Every conversion is a transpose, reshape, split or concatenation, so round
 trips are bit-identical; leftover keys are an error, never silently dropped.
 """
@@ -42,14 +42,9 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from vit_jax import checkpoint
-from vit_jax import models
+from vit_jax import layout as tree_layout
 
-LAYOUTS = ('timm', 'transformers')
-
-# The width of every named size identifies its head count (192 -> 3, ...).
-_HEADS_BY_WIDTH = {hidden: heads
-                   for hidden, _, heads, _ in models.MODEL_SIZES.values()}
+LAYOUTS = tree_layout.TORCH_LAYOUTS
 
 # Keys some PyTorch files carry that hold no weights of the classifier.
 _IGNORED_KEYS = ('vit.embeddings.mask_token',)  # Masked-image-modelling only.
@@ -174,8 +169,8 @@ def from_torch_layout(flat: Mapping[str, np.ndarray], layout: str,
                       ) -> dict[str, np.ndarray]:
   """A timm or transformers state dict -> flat linen params.
 
-  `num_heads` is needed only for widths not in `models.MODEL_SIZES`: the
-  PyTorch files do not record how the width splits into heads.
+  `num_heads` is needed only for widths of no named size: the PyTorch files
+  do not record how the width splits into heads.
   """
   names = _check_layout(layout)
   state = {k: np.asarray(v) for k, v in flat.items()}
@@ -186,7 +181,7 @@ def from_torch_layout(flat: Mapping[str, np.ndarray], layout: str,
     for key in _IGNORED_KEYS:
       state.pop(key, None)
   if names.patch + '.weight' not in state:
-    raise checkpoint.CheckpointError(
+    raise tree_layout.CheckpointError(
         f'Not a {layout} ViT state dict: no {names.patch}.weight; first keys: '
         f'{sorted(state)[:5]}.')
   heads = _num_heads(state[names.patch + '.weight'].shape[0], num_heads)
@@ -204,15 +199,9 @@ def from_torch_layout(flat: Mapping[str, np.ndarray], layout: str,
 def _num_heads(width: int, num_heads: Optional[int]) -> int:
   """Heads from the argument, else from the width of a known model size."""
   if num_heads is None:
-    if width not in _HEADS_BY_WIDTH:
-      raise checkpoint.CheckpointError(
-          f'Cannot tell how many attention heads a width-{width} ViT has: '
-          'PyTorch files keep q/k/v flattened, so the shapes do not say. '
-          f'Known widths: {dict(sorted(_HEADS_BY_WIDTH.items()))}. Pass '
-          'num_heads=... to convert.from_torch_layout.')
-    num_heads = _HEADS_BY_WIDTH[width]
+    num_heads = tree_layout.heads_for_width(width)
   if width % num_heads:
-    raise checkpoint.CheckpointError(
+    raise tree_layout.CheckpointError(
         f'num_heads={num_heads} does not divide the width {width}.')
   return num_heads
 
@@ -244,7 +233,7 @@ def _torch_to_linen(state, module: str, kind: str,
       return {'': state.pop(module)}
     weight, bias = state.pop(module + '.weight'), state.pop(module + '.bias')
   except KeyError as e:
-    raise checkpoint.CheckpointError(
+    raise tree_layout.CheckpointError(
         f'The state dict lacks {e.args[0]!r}; is it a plain ViT?') from None
   if kind == 'norm':
     return {'/scale': weight, '/bias': bias}
@@ -308,7 +297,7 @@ def _count_blocks(flat: Mapping[str, np.ndarray], block_re) -> int:
   """Number of encoder blocks; indices must run 0..n-1 without gaps."""
   indices = {int(m.group(1)) for m in map(block_re.match, flat) if m}
   if indices != set(range(len(indices))):
-    raise checkpoint.CheckpointError(
+    raise tree_layout.CheckpointError(
         f'Encoder block indices {sorted(indices)} are not 0..n-1.')
   return len(indices)
 
@@ -322,7 +311,7 @@ def _raise_on_leftovers(remaining: Mapping[str, np.ndarray], layout: str,
   """Keys no rule consumed mean a model variant we would convert wrongly."""
   if remaining:
     keys = sorted(remaining)
-    raise checkpoint.CheckpointError(
+    raise tree_layout.CheckpointError(
         f'{len(keys)} key(s) of the {what} have no {layout} counterpart: '
         f'{keys[:8]}. This converter handles the plain ViT (class token or '
         'gap, no fc_norm / layer scale / registers).')

@@ -1,7 +1,8 @@
 """Getting pretrained weights: a local file, the original bucket, or the Hub.
 
 `fetch('ViT-B_16', 'checkpoints')` returns a path holding the weights, trying
-in order: the local file `checkpoints/ViT-B_16.npz`; the configured
+in order: the local file `checkpoints/ViT-B_16.npz`; a Hub file of the name's
+sources already in the Hugging Face cache (no network needed); the configured
 `pretrained_dir` when it is remote (gs:// is read in place, http(s) is
 downloaded); the public https URL of the original bucket; the Hugging Face
 Hub repos known for the name (`SOURCES`). Since February 2026 the bucket
@@ -12,12 +13,15 @@ checked against Content-Length (and sha256 where known), and appear under
 their final name only when complete. Each writer has its own `.partial` file,
 locked while it writes, so concurrent fetches of one file (the processes of a
 multi-host job, two shells) never write into the same bytes; a later run
-adopts a partial file whose writer has gone and resumes it. Hub files in timm
-or transformers layout are converted and written as `{name}.npz` in the vit_jax layout, so that
-downstream code sees one format. The Hub part uses `huggingface_hub` (its
-cache, resume and HF_ENDPOINT); tests point both at a server on 127.0.0.1.
+adopts a partial file whose writer has gone and resumes it. Hub files stay
+where `huggingface_hub` puts them (its cache, resume and HF_ENDPOINT): `fetch`
+returns the cached file, which `checkpoint.load` reads in its timm or
+transformers layout, so there is no second copy. A file of your own
+(`--source`) is written as `{name}.npz` in the vit_jax layout, where
+fine-tuning looks. Tests point the bucket and the Hub at 127.0.0.1.
 
-CLI: python -m vit_jax.checkpoint fetch ViT-B_16 [--dir checkpoints]
+CLI: python -m vit_jax.hub fetch ViT-B_16 [--dir checkpoints]
+     python -m vit_jax.hub sources
 """
 
 import argparse
@@ -37,6 +41,8 @@ import urllib.request
 import uuid
 import zipfile
 from typing import Optional, Sequence
+
+from vit_jax import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +160,6 @@ class _Interrupted(IOError):
   """The connection ended early; the `.partial` file is kept for resuming."""
 
 
-def _is_remote(path: str) -> bool:
-  return str(path).startswith(('gs://', 'http://', 'https://'))
-
-
 def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
           sources: Optional[Sequence[Source]] = None, *,
           cache_dir: str = DEFAULT_DIR, hf_endpoint: Optional[str] = None,
@@ -166,18 +168,23 @@ def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
           force: bool = False) -> str:
   """Returns a path holding `name`'s weights, getting them if need be.
 
-  Files land in `pretrained_dir`, or in `cache_dir` when `pretrained_dir` is
-  remote. `sources` replaces the `SOURCES` entry of `name` (e.g. a mirror).
-  `hf_endpoint` (else $HF_ENDPOINT) redirects the Hub, e.g. to a mirror.
-  `force` replaces an existing file (atomically, once the new one is good).
+  Downloads land in `pretrained_dir`, or in `cache_dir` when `pretrained_dir`
+  is remote; Hub files in the Hugging Face cache (`hf_cache_dir`, else
+  huggingface_hub's default). `sources` replaces the `SOURCES` entry of
+  `name` (e.g. a mirror). `hf_endpoint` (else $HF_ENDPOINT) redirects the
+  Hub. `force` gets the file again (replacing it atomically once the new one
+  is good) even if `find_local` finds one.
   """
   dest = local_path(name, pretrained_dir, cache_dir)
-  if os.path.exists(dest) and not force:
-    return dest
-  tried = [(f'local file {dest}', 'replaced (force)' if force else
-            'not there')]
   candidates = list(SOURCES.get(name, ()) if sources is None else sources)
-  if _is_remote(pretrained_dir):
+  found = None if force else find_local(name, pretrained_dir, candidates,
+                                        cache_dir=cache_dir,
+                                        hf_cache_dir=hf_cache_dir)
+  if found:
+    return found
+  tried = [(f'local file {dest}', 'replaced (force)' if force else
+            'not there, nor a Hub file of the sources in the HF cache')]
+  if checkpoint.is_remote(pretrained_dir):
     candidates.insert(0, Source('url', f'{str(pretrained_dir).rstrip("/")}/'
                                 f'{name}.npz', note='the configured '
                                 'pretrained_dir'))
@@ -185,7 +192,8 @@ def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
     tried.append(('known sources', f'none for {name!r}; names with '
                   f'sources: {", ".join(SOURCES)}'))
   options = dict(retries=retries, timeout=timeout, progress=progress,
-                 hf_endpoint=hf_endpoint, hf_cache_dir=hf_cache_dir)
+                 hf_endpoint=hf_endpoint, hf_cache_dir=hf_cache_dir,
+                 force=force)
   for source in candidates:
     try:
       path = _fetch_one(source, name, dest, **options)
@@ -204,12 +212,43 @@ def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
 def local_path(name: str, pretrained_dir: str = DEFAULT_DIR,
                cache_dir: str = DEFAULT_DIR) -> str:
   """Where `fetch` finds or puts `name`'s .npz on this machine."""
-  local_dir = cache_dir if _is_remote(pretrained_dir) else pretrained_dir
+  local_dir = (cache_dir if checkpoint.is_remote(pretrained_dir)
+               else pretrained_dir)
   return os.path.join(local_dir, f'{name}.npz')
 
 
+def find_local(name: str, pretrained_dir: str = DEFAULT_DIR,
+               sources: Optional[Sequence[Source]] = None, *,
+               cache_dir: str = DEFAULT_DIR,
+               hf_cache_dir: Optional[str] = None) -> Optional[str]:
+  """`name`'s weights on this machine without any request, else None.
+
+  The `.npz` at `local_path`, else the first of the Hub sources (`sources`,
+  else `SOURCES[name]`) that the Hugging Face cache holds: so a run without
+  network finds a Hub file an earlier run fetched.
+  """
+  dest = local_path(name, pretrained_dir, cache_dir)
+  if os.path.exists(dest):
+    return dest
+  for source in (SOURCES.get(name, ()) if sources is None else sources):
+    if source.kind == 'hf':
+      cached = _hf_cached(source, hf_cache_dir)
+      if cached:
+        return cached
+  return None
+
+
+def _hf_cached(source: Source, cache_dir: Optional[str]) -> Optional[str]:
+  """The path of a Hub file in the HF cache, or None; never a request."""
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  cached = huggingface_hub.try_to_load_from_cache(
+      source.location, source.filename, cache_dir=cache_dir,
+      revision=source.revision)
+  return cached if isinstance(cached, str) else None
+
+
 def _fetch_one(source: Source, name: str, dest: str, *, retries, timeout,
-               progress, hf_endpoint, hf_cache_dir) -> str:
+               progress, hf_endpoint, hf_cache_dir, force) -> str:
   """Gets one source to `dest` (or returns a gs:// path to read in place)."""
   if source.kind == 'url' and source.location.startswith('gs://'):
     if not _remote_exists(source.location):
@@ -227,22 +266,22 @@ def _fetch_one(source: Source, name: str, dest: str, *, retries, timeout,
     download(source.location, tmp, sha256=source.sha256, retries=retries,
              timeout=timeout, progress=progress)
     try:
-      return _install(tmp, dest, name, source.layout)
+      return _install(tmp, dest, source.layout)
     finally:
       os.remove(tmp)
   if source.kind == 'hf':
-    return _install(_hf_download(source, hf_endpoint, hf_cache_dir), dest,
-                    name, source.layout)
+    path = _hf_download(source, hf_endpoint, hf_cache_dir, force)
+    _check_layout(path, source.layout)
+    return path
   if source.kind == 'file':
     if not os.path.exists(source.location):
       raise FileNotFoundError('not there')
-    return _install(source.location, dest, name, source.layout)
+    return _install(source.location, dest, source.layout)
   raise ValueError(f'unknown source kind {source.kind!r}')
 
 
 def _remote_exists(path: str) -> bool:
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  return epath.Path(path).exists()
+  return checkpoint.exists(path)
 
 
 def _is_npz(location: str) -> bool:
@@ -250,7 +289,7 @@ def _is_npz(location: str) -> bool:
 
 
 def _hf_download(source: Source, endpoint: Optional[str],
-                 cache_dir: Optional[str]) -> str:
+                 cache_dir: Optional[str], force: bool) -> str:
   """huggingface_hub's download: its cache, resume and size checks."""
   import huggingface_hub  # pylint: disable=g-import-not-at-top
   from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
@@ -258,7 +297,7 @@ def _hf_download(source: Source, endpoint: Optional[str],
               or constants.ENDPOINT)
   return huggingface_hub.hf_hub_download(
       source.location, source.filename, revision=source.revision,
-      endpoint=endpoint, cache_dir=cache_dir,
+      endpoint=endpoint, cache_dir=cache_dir, force_download=force,
       local_files_only=not _reachable(endpoint))
 
 
@@ -274,30 +313,27 @@ def _reachable(url: str, timeout: float = 10.0) -> bool:
   return True
 
 
-def _install(path: str, dest: str, name: str, layout: Optional[str]) -> str:
-  """Converts a file of any known layout into `dest` (vit_jax .npz)."""
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vit_jax import convert  # pylint: disable=g-import-not-at-top
-  flat = checkpoint.read_flat(path)
-  layout = layout or checkpoint.detect_layout(flat)
-  if layout in convert.LAYOUTS:
-    linen = convert.from_torch_layout(flat, layout, _num_heads(name))
-  else:
-    linen = checkpoint.to_linen_flat(flat)
-  found = checkpoint.describe(linen)
-  if found != name:
-    log.warning('%s: the file holds %s', name, found)
-  checkpoint.save(checkpoint.unflatten(linen), dest)
+def _check_layout(path: str, layout: Optional[str]) -> str:
+  """The file's layout; an error (so the next source is tried) if unusable.
+
+  A layout the keys do not show, or another than the source declares, would
+  otherwise surface only when fine-tuning loads the file.
+  """
+  found = checkpoint.detect_layout(checkpoint.read_flat(path))
+  if layout and found != layout:
+    raise checkpoint.CheckpointError(
+        f'{path} holds a {found} state dict, not the {layout} one expected.')
+  return found
+
+
+def _install(path: str, dest: str, layout: Optional[str]) -> str:
+  """Writes a file of any known layout to `dest` as a vit_jax .npz.
+
+  PyTorch layouts take their heads from the width (see convert.py).
+  """
+  _check_layout(path, layout)
+  checkpoint.save(checkpoint.load(path), dest)
   return dest
-
-
-def _num_heads(name: str) -> Optional[int]:
-  """Heads of the named size: PyTorch files do not record them."""
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
-  try:
-    return models.model_config(name).num_heads
-  except ValueError:
-    return None  # Fall back on the width table in convert.py.
 
 
 def download(url: str, path: str, *, sha256: Optional[str] = None,
@@ -347,6 +383,7 @@ def _own_partial(path: str):
   holds is left over from a run that stopped, and is adopted (renamed to this
   writer's name under its lock) so that its bytes are resumed, not refetched.
   The lock goes when the file is closed, including when the process dies.
+  An empty file is removed when the writer is done.
   """
   mine = _writer_name(path)
   fd = _adopt_stale_partial(path, mine)
@@ -359,6 +396,10 @@ def _own_partial(path: str):
   try:
     yield mine
   finally:
+    # Nothing to resume from an empty file (an HTTP 403, offline): drop it,
+    # still under the lock, so that a failed fetch leaves nothing behind.
+    if _size_or_zero(mine) == 0 and os.path.exists(mine):
+      os.remove(mine)
     os.close(fd)
 
 
@@ -526,7 +567,7 @@ def _failure_message(name: str, dest: str, tried) -> str:
       'own .npz/.safetensors in the vit_jax, big_vision, timm or transformers '
       'layout) and either',
       f'  put a vit_jax/big_vision .npz at {dest}, or',
-      f'  run: python -m vit_jax.checkpoint fetch {name} --dir '
+      f'  run: python -m vit_jax.hub fetch {name} --dir '
       f'{os.path.dirname(dest) or "."} --source /path/to/file',
       'See checkpoints/README.md.']
   return '\n'.join(lines)
@@ -541,7 +582,7 @@ def parse_source(text: str) -> Source:
       raise ValueError(f'{text!r}: use hf://org/repo/file[@revision].')
     return Source('hf', '/'.join(parts[:2]), '/'.join(parts[2:]),
                   revision=revision or None)
-  if _is_remote(text):
+  if checkpoint.is_remote(text):
     return Source('url', text)
   return Source('file', text)
 
@@ -549,10 +590,11 @@ def parse_source(text: str) -> Source:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`fetch NAME` gets weights; `sources` prints the table."""
   parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.checkpoint',
+      prog='python -m vit_jax.hub',
       description='Get pretrained ViT weights (see checkpoints/README.md).')
   commands = parser.add_subparsers(dest='command', required=True)
-  get = commands.add_parser('fetch', help='get NAME.npz into --dir')
+  get = commands.add_parser(
+      'fetch', help='get the weights of NAME; prints where they are')
   get.add_argument('name', help='e.g. ViT-B_16')
   get.add_argument('--dir', default=DEFAULT_DIR,
                    help='pretrained_dir: local, gs:// or https://')
@@ -564,7 +606,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   get.add_argument('--hf-endpoint', default=None,
                    help='Hugging Face Hub endpoint (default $HF_ENDPOINT)')
   get.add_argument('--force', action='store_true',
-                   help='replace an existing NAME.npz')
+                   help='get the file again even if it is there')
   get.add_argument('--quiet', action='store_true', help='no progress bar')
   commands.add_parser('sources', help='list model names and their sources')
   args = parser.parse_args(argv)
@@ -595,3 +637,7 @@ def sources_table() -> str:
       rows.append(f'| {name} | `{source}` | {source.layout} | '
                   f'{source.note} |')
   return '\n'.join(rows)
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vit_jax import checkpoint
+from vit_jax import layout
 from vit_jax import models
 from vit_jax import preprocess
 
@@ -95,7 +96,7 @@ def _load_workdir(workdir: str, model_name: Optional[str]) -> TrainedModel:
 
 def _load_file(path: str, model_name: Optional[str]) -> TrainedModel:
   params = checkpoint.load(path)
-  found = architecture_of(params, path)
+  found = layout.architecture_of(params, path)
   num_classes = found.pop('num_classes')
   image_size = found.pop('image_size')
   if model_name:
@@ -109,32 +110,6 @@ def _load_file(path: str, model_name: Optional[str]) -> TrainedModel:
   _check_fits(model, params, image_size, path)
   return TrainedModel(model, params, image_size, default_names(num_classes),
                       path, {})
-
-
-def architecture_of(params: dict[str, Any], path: str) -> dict[str, Any]:
-  """ViTConfig fields, num_classes and image_size read off a parameter tree."""
-  try:
-    patch, _, _, width = params['embedding']['kernel'].shape
-    encoder = params['Transformer']
-    layers = sorted(k for k in encoder if k.startswith('encoderblock_'))
-    block = encoder[layers[0]]
-    _, heads, _ = block['MultiHeadDotProductAttention_0']['query'][
-        'kernel'].shape
-    mlp_dim = block['MlpBlock_0']['Dense_0']['kernel'].shape[-1]
-    tokens = encoder['posembed_input']['pos_embedding'].shape[1]
-    num_classes = params['head']['kernel'].shape[-1]
-  except (KeyError, IndexError, ValueError) as e:
-    raise checkpoint.CheckpointError(
-        f'{path} is not a complete ViT classifier (missing or odd {e}).'
-    ) from None
-  classifier = 'token' if 'cls' in params else 'gap'
-  grid = int(round((tokens - (classifier == 'token')) ** 0.5))
-  representation = params.get('pre_logits', {}).get('kernel')
-  return dict(hidden_size=width, mlp_dim=mlp_dim, num_heads=heads,
-              num_layers=len(layers), patch_size=patch, classifier=classifier,
-              representation_size=(None if representation is None
-                                   else representation.shape[-1]),
-              num_classes=num_classes, image_size=grid * patch)
 
 
 def _check_fits(model, params, image_size: int, path: str):
