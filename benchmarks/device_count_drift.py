@@ -39,7 +39,7 @@ def _config(args):
 
 def _train(args, out: str):
   """One device count: parameters at each recorded step, into `out`."""
-  from vit_jax import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, sharding, train  # pylint: disable=g-import-not-at-top
   record = sorted(int(s) for s in args.record.split(','))
   with tempfile.TemporaryDirectory() as workdir:
     trainer = train.Trainer(_config(args), workdir)
@@ -48,7 +48,7 @@ def _train(args, out: str):
       images, labels = trainer.train_batch(step)
       trainer.state, _ = trainer.steps[False](trainer.state, images, labels)
       if step + 1 in record:
-        params = checkpoint.flatten(train.to_host(trainer.state.params))
+        params = checkpoint.flatten(sharding.to_host(trainer.state.params))
         saved.update({f'{step + 1}:{k}': v for k, v in params.items()})
   np.savez(out, **saved)
 

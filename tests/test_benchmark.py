@@ -6,6 +6,7 @@ import pytest
 
 from vit_jax import benchmark
 from vit_jax import models
+from vit_jax import speed
 
 _TINY = ['--model', 'testing', '--image_size', '32', '--batch', '4',
          '--steps', '2', '--warmup', '1', '--rounds', '2']
@@ -13,7 +14,7 @@ _TINY = ['--model', 'testing', '--image_size', '32', '--batch', '4',
 
 @pytest.mark.parametrize('mode', ['train', 'infer'])
 def test_report_has_positive_speed_flops_and_mfu(mode):
-  report = benchmark.run(benchmark.parse_args(
+  report = speed.run(benchmark.parse_args(
       _TINY + ['--mode', mode, '--peak_tflops', '1.0']))
   assert report['mode'] == mode
   assert len(report['rounds_img_per_s']) == 2
@@ -27,11 +28,11 @@ def test_report_has_positive_speed_flops_and_mfu(mode):
 
 def test_train_counts_three_forward_passes():
   config = models.model_config('ViT-B_16')
-  forward = benchmark.forward_flops(config, 224, 1000)
+  forward = speed.forward_flops(config, 224, 1000)
   # ~17.6 GMACs: the published ViT-B/16 figure.
   assert 35e9 < forward < 35.3e9
-  assert benchmark.step_flops(config, 224, 1000, 'infer') == forward
-  assert benchmark.step_flops(config, 224, 1000, 'train') == 3 * forward
+  assert speed.step_flops(config, 224, 1000, 'infer') == forward
+  assert speed.step_flops(config, 224, 1000, 'train') == 3 * forward
 
 
 def test_main_prints_a_table_then_one_json_line(capsys, tmp_path):
@@ -48,4 +49,4 @@ def test_compare_timm_without_torch_says_how_to_get_it(monkeypatch):
   monkeypatch.setitem(__import__('sys').modules, 'torch', None)
   args = benchmark.parse_args(_TINY + ['--compare', 'timm'])
   with pytest.raises(SystemExit, match='pip install'):
-    benchmark.TimmRunner(args, models.model_config('testing'))
+    speed.TimmRunner(args, models.model_config('testing'))

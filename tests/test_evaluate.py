@@ -11,6 +11,7 @@ from configs import cifar10_scratch
 from tests.conftest import make_image_folder
 from vit_jax import evaluate
 from vit_jax import predict
+from vit_jax import reports
 from vit_jax import train
 from vit_jax import visualize
 
@@ -41,7 +42,8 @@ def test_workdir_evaluation_reproduces_the_training_metrics(trained_run,
                                                              tmp_path):
   workdir, data, metrics = trained_run
   out = str(tmp_path / 'out')
-  summary = evaluate.run(workdir, dataset=data, batch=4, out=out)
+  summary = reports.evaluate_checkpoint(workdir, dataset=data, batch=4,
+                                       out=out)
   assert summary['num_examples'] == 21  # Each example once, none dropped.
   assert np.sum(summary['confusion_matrix']) == 21
   assert summary['accuracy'] == pytest.approx(metrics['accuracy_test'])
@@ -98,13 +100,13 @@ def test_summary_counts_each_class_and_skips_absent_ones():
             'losses': np.array([0.5, 1.0, 1.5, 2.0]),
             'indices': np.array([3, 0, 1, 2])}
   labels = np.array([1, 1, 0, 0])  # Class 'c' has no examples.
-  summary = evaluate.summarize(result, labels, ['a', 'b', 'c'])
+  summary = reports.summarize(result, labels, ['a', 'b', 'c'])
   assert summary['confusion_matrix'] == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
   assert summary['accuracy'] == 0.5 and summary['loss'] == 1.25
   assert summary['per_class_accuracy'] == {'a': 0.5, 'b': 0.5, 'c': None}
 
 
 def test_split_names_become_safe_file_names():
-  assert evaluate.split_tag('test') == 'test'
-  assert evaluate.split_tag('test[:500]') == 'test_500'
-  assert evaluate.split_tag('train[90%:]') == 'train_90%'
+  assert reports.split_tag('test') == 'test'
+  assert reports.split_tag('test[:500]') == 'test_500'
+  assert reports.split_tag('train[90%:]') == 'train_90%'

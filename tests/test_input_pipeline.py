@@ -255,7 +255,7 @@ def test_unreadable_image_file_is_named(tmp_path):
   broken = tmp_path / 'data' / 'train' / 'dog' / 'broken.png'
   broken.write_bytes(b'not a png')
   message = load_error(make_config(root))
-  assert f'Cannot read image file {broken}' in message
+  assert f'{broken}: cannot read it as an image' in message
 
 
 def test_images_of_different_sizes_need_source_size(tmp_path):

@@ -1,14 +1,19 @@
 """vit_jax.predict: top-k names for image files, from a workdir or a file."""
 
+import glob
 import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-from vit_jax import checkpoint
+from tests.conftest import make_image_folder
+from vit_jax import image_io
+from vit_jax import inference
+from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import predict
 
@@ -28,12 +33,12 @@ def make_workdir(path, overrides=None, class_names=CLASSES):
   """What train.export() leaves: model.npz (published layout) + run.json."""
   overrides = {'patch_size': 8, 'dtype': 'bfloat16', **(overrides or {})}
   model = models.get_model('testing', len(class_names), **overrides)
-  checkpoint.save(_random_params(model, 32), os.path.join(path, 'model.npz'))
-  with open(os.path.join(path, 'run.json'), 'w') as f:
-    json.dump({'model_name': 'testing', 'model': overrides,
-               'num_classes': len(class_names),
-               'class_names': list(class_names), 'image_size': 32,
-               'dataset': 'cifar10'}, f)
+  inference.save_model(str(path), _random_params(model, 32),
+                       inference.RunRecord(
+                           model_name='testing', model=overrides,
+                           num_classes=len(class_names),
+                           class_names=tuple(class_names), image_size=32,
+                           dataset='cifar10'))
   return str(path)
 
 
@@ -53,8 +58,8 @@ def _image(path, size=(70, 50), mode='RGB', seed=0):
 
 def test_top_k_names_come_from_the_run_sorted_by_probability(workdir,
                                                              tmp_path):
-  trained = predict.load_model(workdir)
-  [result] = predict.predict_files(trained, [_image(tmp_path / 'a.jpg')], k=3)
+  trained = inference.load_model(workdir)
+  [result] = inference.predict_files(trained, [_image(tmp_path / 'a.jpg')], k=3)
   assert sorted(name for name, _ in result) == sorted(CLASSES)
   probs = [p for _, p in result]
   assert probs == sorted(probs, reverse=True)
@@ -63,21 +68,21 @@ def test_top_k_names_come_from_the_run_sorted_by_probability(workdir,
 
 def test_images_of_any_size_and_mode_are_resized_to_the_model(workdir,
                                                               tmp_path):
-  trained = predict.load_model(workdir)
+  trained = inference.load_model(workdir)
   paths = [_image(tmp_path / 'wide.jpg', (300, 90)),
            _image(tmp_path / 'gray.png', (20, 20), 'L'),
            _image(tmp_path / 'alpha.png', (32, 32), 'RGBA')]
-  results = predict.predict_files(trained, paths, k=2)
+  results = inference.predict_files(trained, paths, k=2)
   assert [len(r) for r in results] == [2, 2, 2]
-  assert predict.read_image(paths[0], 32).shape == (32, 32, 3)
+  assert image_io.read_image(paths[0], 32).shape == (32, 32, 3)
 
 
 def test_probabilities_match_the_model_applied_directly(workdir, tmp_path):
-  trained = predict.load_model(workdir)
+  trained = inference.load_model(workdir)
   path = _image(tmp_path / 'exact.png', (32, 32))
   pixels = np.asarray(Image.open(path), np.float32)[None] / 127.5 - 1
   logits = trained.model.apply({'params': trained.params}, pixels)
-  [result] = predict.predict_files(trained, [path], k=3)
+  [result] = inference.predict_files(trained, [path], k=3)
   expected = np.asarray(jax.nn.softmax(logits))[0]
   for name, p in result:
     assert p == pytest.approx(expected[CLASSES.index(name)], abs=1e-5)
@@ -85,10 +90,10 @@ def test_probabilities_match_the_model_applied_directly(workdir, tmp_path):
 
 def test_a_bare_published_file_gives_the_workdirs_answer(workdir, tmp_path):
   path = _image(tmp_path / 'a.jpg')
-  from_run = predict.predict_files(predict.load_model(workdir), [path])
-  bare = predict.load_model(os.path.join(workdir, 'model.npz'))
+  from_run = inference.predict_files(inference.load_model(workdir), [path])
+  bare = inference.load_model(os.path.join(workdir, 'model.npz'))
   assert bare.image_size == 32 and bare.model.config.patch_size == 8
-  from_file = predict.predict_files(bare, [path])
+  from_file = inference.predict_files(bare, [path])
   assert [p for _, p in from_file[0]] == pytest.approx(
       [p for _, p in from_run[0]], abs=1e-6)
   assert from_file[0][0][0].startswith('class_')
@@ -97,11 +102,11 @@ def test_a_bare_published_file_gives_the_workdirs_answer(workdir, tmp_path):
 def test_a_labels_file_names_the_classes(workdir, tmp_path):
   labels = tmp_path / 'labels.txt'
   labels.write_text('cat\ndog\n\nbird\n')
-  trained = predict.load_model(workdir, labels_file=str(labels))
+  trained = inference.load_model(workdir, labels_file=str(labels))
   assert trained.class_names == ('cat', 'dog', 'bird')
   labels.write_text('cat\ndog\n')
   with pytest.raises(ValueError, match='2 class names but the model has 3'):
-    predict.load_model(workdir, labels_file=str(labels))
+    inference.load_model(workdir, labels_file=str(labels))
 
 
 def test_cli_prints_top_k_and_json(workdir, tmp_path, capsys):
@@ -145,3 +150,42 @@ def test_mismatched_checkpoints_are_refused_clearly(workdir, tmp_path,
   os.remove(os.path.join(workdir, 'run.json'))
   assert predict.main(['--checkpoint', workdir, image]) == 1
   assert 'run.json is missing' in capsys.readouterr().err
+
+
+def test_run_json_is_read_back_as_the_record_written(tmp_path, capsys):
+  record = inference.RunRecord(
+      model_name='testing', model={'patch_size': 8}, num_classes=3,
+      class_names=tuple(CLASSES), image_size=32, dataset='cifar10',
+      tfds_data_dir='/data', split_test='test[:50%]', source_size=40)
+  model = models.get_model('testing', 3, patch_size=8)
+  workdir = str(tmp_path / 'run')
+  inference.save_model(workdir, _random_params(model, 32), record)
+  assert inference.load_model(workdir).run == record
+  with open(os.path.join(workdir, 'run.json')) as f:
+    stored = json.load(f)
+  assert list(stored) == [  # The order train.export has always written.
+      'model_name', 'model', 'num_classes', 'class_names', 'image_size',
+      'dataset', 'tfds_data_dir', 'split_test', 'source_size']
+  del stored['image_size']
+  stored['epochs'] = 3
+  with open(os.path.join(workdir, 'run.json'), 'w') as f:
+    json.dump(stored, f)
+  image = _image(tmp_path / 'a.jpg')
+  assert predict.main(['--checkpoint', workdir, image]) == 1
+  error = capsys.readouterr().err
+  assert 'run.json is not a run record' in error
+  assert "missing ['image_size'], unknown ['epochs']" in error
+
+
+def test_predict_sees_the_pixels_training_sees(tmp_path):
+  """A file gives the same uint8 pixels as input to predict and, resized by
+  pp.source_size, in an image-folder dataset."""
+  root = make_image_folder(tmp_path / 'data', size=40)
+  config = ml_collections.ConfigDict({
+      'dataset': root, 'tfds_data_dir': None, 'tfds_download': False,
+      'pp': {'source_size': 32}})
+  images, labels, _ = input_pipeline.load_split(config, 'test')
+  files = sorted(glob.glob(os.path.join(root, 'test', '*', '*.png')))
+  assert len(files) == len(images) == 9
+  for file, image in zip(files, images):
+    np.testing.assert_array_equal(image_io.read_image(file, 32), image)

@@ -12,7 +12,9 @@ import tensorflow_datasets as tfds
 from configs import cifar10_finetune
 from configs import cifar10_scratch
 from vit_jax import checkpoint
+from vit_jax import inference
 from vit_jax import optim
+from vit_jax import sharding
 from vit_jax import train
 
 
@@ -68,7 +70,7 @@ def test_scratch_config_runs_end_to_end_on_mock_cifar10(tmp_path):
 
 def _pretrained_file(tmp_path, config):
   """A synthetic pretrained file in the published layout, random values."""
-  model = train.make_model(config, num_classes=21843)
+  model = inference.make_model(config, num_classes=21843)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0),
       np.zeros((1, config.pp.crop, config.pp.crop, 3), np.float32)))['params']
@@ -88,7 +90,7 @@ def test_finetune_config_freezes_backbone_then_trains_everything(tmp_path):
     config.pretrained_dir = folder
   with tfds.testing.mock_data(num_examples=20):
     trainer = train.Trainer(config, str(tmp_path / 'run'))
-  start = jax.tree.map(np.asarray, train.to_host(trainer.state.params))
+  start = jax.tree.map(np.asarray, sharding.to_host(trainer.state.params))
   flat_pretrained = checkpoint.flatten(pretrained)
   for key, value in checkpoint.flatten(start).items():
     if not key.startswith('head/'):
@@ -99,7 +101,7 @@ def test_finetune_config_freezes_backbone_then_trains_everything(tmp_path):
       images, labels = trainer.train_batch(step)
       trainer.state, _ = trainer.steps[step < config.freeze_steps](
           trainer.state, images, labels)
-    return checkpoint.flatten(train.to_host(trainer.state.params))
+    return checkpoint.flatten(sharding.to_host(trainer.state.params))
 
   after_frozen = run_steps(range(3))  # Step 0 has lr 0 (warm-up).
   for key, value in checkpoint.flatten(start).items():
@@ -149,8 +151,8 @@ def test_eval_sees_every_example_exactly_once(tmp_path, image_folder):
   config = _tiny(cifar10_scratch.get_config('cpu'), dataset=image_folder,
                  batch_eval=4, **{'pp.train': 'train', 'pp.test': 'test'})
   trainer = train.Trainer(config, str(tmp_path / 'run'))
-  result = train.evaluate(trainer.eval_step, trainer.eval_params(),
-                          trainer.test_source, 9, 4)
+  result = inference.evaluate(trainer.eval_step, trainer.eval_params(),
+                              trainer.test_source, 9, 4)
   assert sorted(result['indices'].tolist()) == list(range(9))
   assert result['predictions'].shape == (9,)
 
@@ -158,7 +160,7 @@ def test_eval_sees_every_example_exactly_once(tmp_path, image_folder):
 def test_batch_not_divisible_is_refused(tmp_path):
   config = _tiny(cifar10_scratch.get_config('cpu'), batch=6, accum_steps=4)
   with pytest.raises(ValueError, match=r'config.batch=6 must be divisible'):
-    train.check_batch_sizes(config, train.make_mesh())
+    sharding.check_batch_sizes(config, sharding.make_mesh())
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, image_folder):

@@ -9,16 +9,17 @@ from PIL import Image
 import pytest
 
 from vit_jax import checkpoint
+from vit_jax import explain
+from vit_jax import inference
 from vit_jax import models
-from vit_jax import predict
 from vit_jax import visualize
 
 SIZE, PATCH = 32, 8  # A 4x4 patch grid.
 
 
 def _trained(model, params):
-  return predict.TrainedModel(model, params, SIZE, ('a', 'b', 'c'), 'mem',
-                              {})
+  return inference.TrainedModel(model, params, SIZE, ('a', 'b', 'c'), 'mem',
+                                None)
 
 
 def _random_model(classifier='token', num_layers=3):
@@ -78,10 +79,10 @@ def _images(count=2, seed=0):
 def test_rollout_rows_sum_to_one():
   model, params = _random_model()
   images = jnp.asarray(_images(), jnp.float32) / 127.5 - 1
-  weights = visualize.attention_weights(model, params, images)
+  weights = explain.attention_weights(model, params, images)
   assert weights.shape == (3, 2, 2, 17, 17)
   np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-5)
-  joint = visualize.rollout(weights)
+  joint = explain.rollout(weights)
   assert joint.shape == (2, 17, 17)
   np.testing.assert_allclose(joint.sum(-1), 1, atol=1e-5)
   assert (np.asarray(joint) >= 0).all()
@@ -92,7 +93,7 @@ def test_rollout_multiplies_residual_adjusted_layers_in_order():
   raw = rng.random((2, 1, 3, 4, 4))
   weights = raw / raw.sum(-1, keepdims=True)
   mixed = [(w.mean(1)[0] + np.eye(4)) / 2 for w in weights]  # Rows sum to 2.
-  np.testing.assert_allclose(visualize.rollout(jnp.asarray(weights))[0],
+  np.testing.assert_allclose(explain.rollout(jnp.asarray(weights))[0],
                              mixed[1] @ mixed[0], atol=1e-6)
 
 
@@ -100,7 +101,7 @@ def test_rollout_multiplies_residual_adjusted_layers_in_order():
 def test_a_model_attending_to_one_patch_highlights_that_patch(classifier):
   patch = 6  # Row 1, column 2 of the 4x4 grid.
   model, params = _focused_model(patch, classifier)
-  maps = visualize.attention_maps(_trained(model, params), _images())
+  maps = explain.attention_maps(_trained(model, params), _images())
   for key in ('rollout', 'last_layer'):
     assert maps[key].shape == (2, 4, 4)
     for grid in maps[key]:
@@ -113,7 +114,7 @@ def test_a_model_attending_to_one_patch_highlights_that_patch(classifier):
 def test_the_synthetic_model_really_attends_to_that_patch():
   model, params = _focused_model(patch=6)
   images = jnp.asarray(_images(1), jnp.float32) / 127.5 - 1
-  weights = visualize.attention_weights(model, params, images)
+  weights = explain.attention_weights(model, params, images)
   cls_row = np.asarray(weights[:, 0, :, 0])  # Layers x heads x tokens.
   assert (cls_row[..., 1 + 6] > 0.99).all()
 

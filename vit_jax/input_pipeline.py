@@ -29,9 +29,9 @@ import urllib.request
 
 from absl import logging
 import numpy as np
-from PIL import Image
 
 from vit_jax import cluster
+from vit_jax import image_io
 
 
 def _tensorflow():
@@ -530,7 +530,11 @@ def _decode_images(paths: list[str], source_size: int | None,
   images = None
   last_log = started = time.time()
   for i, path in enumerate(paths):
-    image = _decode_image(path, source_size)
+    try:
+      image = image_io.read_image(path, source_size)
+    except image_io.ImageError as e:
+      raise DataError(f'{e} Loading {description}: remove or replace the '
+                      'file.') from e
     if images is None:
       images = _allocate_images(len(paths), image, path)
     elif image.shape != images.shape[1:]:
@@ -554,16 +558,3 @@ def _allocate_images(count: int, first: np.ndarray, path: str) -> np.ndarray:
     raise DataError(f'{path} is {width}x{height}, not square; set '
                     '--config.pp.source_size=N to resize images to NxN.')
   return np.empty((count, *first.shape), np.uint8)
-
-
-def _decode_image(path: str, source_size: int | None) -> np.ndarray:
-  """uint8 [H,W,3]; PIL's bilinear filter widens when shrinking (antialias)."""
-  try:
-    with Image.open(path) as image:
-      image = image.convert('RGB')
-      if source_size and image.size != (source_size, source_size):
-        image = image.resize((source_size, source_size),
-                             Image.Resampling.BILINEAR)
-      return np.asarray(image, np.uint8)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise DataError(f'Cannot read image file {path}: {e}') from e

@@ -9,16 +9,13 @@ a run resumed from a checkpoint ends with exactly the parameters of an
 uninterrupted one, whatever the number of devices.
 """
 
-import dataclasses
 import functools
-import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from absl import logging
-import flax
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -31,109 +28,24 @@ import orbax.checkpoint as ocp
 from vit_jax import budget
 from vit_jax import checkpoint
 from vit_jax import cluster
+from vit_jax import inference
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import preprocess
 from vit_jax import recovery
+from vit_jax import sharding
 from vit_jax import workdir_lock
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  ema_params: Any  # None unless config.ema_decay > 0.
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """A whole split held as uint8 images and int32 labels (host or device)."""
-  images: Any
-  labels: Any
-  info: input_pipeline.DatasetInfo
-
-
-def model_overrides(config) -> dict[str, Any]:
-  """config.model without unset (None) keys; dtype as a numpy dtype."""
-  overrides = {k: v for k, v in config.model.items() if v is not None}
-  overrides['dtype'] = jnp.dtype(overrides.get('dtype', 'float32'))
-  return overrides
-
-
-def make_model(config, num_classes: int) -> models.VisionTransformer:
-  return models.get_model(config.model_name, num_classes,
-                          **model_overrides(config))
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process: pure data parallelism."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def check_batch_sizes(config, mesh):
-  devices = mesh.size
-  if config.batch % (devices * config.accum_steps):
-    raise ValueError(
-        f'config.batch={config.batch} must be divisible by the number of '
-        f'devices ({devices}) times config.accum_steps '
-        f'({config.accum_steps}); e.g. --config.batch='
-        f'{devices * config.accum_steps * max(1, config.batch // (devices * config.accum_steps))}.')
-  if config.batch_eval % devices:
-    raise ValueError(
-        f'config.batch_eval={config.batch_eval} must be divisible by the '
-        f'number of devices ({devices}).')
-
-
-def to_global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """This process's rows of a batch -> one global array over the mesh."""
-  return jax.make_array_from_process_local_data(sharding, local)
-
-
-def to_host(tree):
-  """Replicated device arrays -> numpy (works on every process)."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-
-def load_data(config) -> tuple[Split, Split]:
-  train = Split(*input_pipeline.load_split(config, config.pp.train))
-  test = Split(*input_pipeline.load_split(config, config.pp.test))
+def load_data(config) -> tuple[sharding.Split, sharding.Split]:
+  train = sharding.Split(*input_pipeline.load_split(config, config.pp.train))
+  test = sharding.Split(*input_pipeline.load_split(config, config.pp.test))
   logging.info('Data: %s %s: %d examples; %s: %d examples; %d classes.',
                config.dataset, config.pp.train, train.info.num_examples,
                config.pp.test, test.info.num_examples, train.info.num_classes)
   return train, test
-
-
-def place_on_device(split: Split, mesh) -> Split:
-  """Replicates a whole split in accelerator memory (CIFAR-sized data)."""
-  replicated = NamedSharding(mesh, P())
-  return dataclasses.replace(
-      split, images=to_global(split.images, replicated),
-      labels=to_global(split.labels, replicated))
-
-
-class BatchSource:
-  """Global batches by example indices, from host or device memory."""
-
-  def __init__(self, split: Split, mesh, on_device: bool):
-    self._split = place_on_device(split, mesh) if on_device else split
-    self._on_device = on_device
-    self._sharding = NamedSharding(mesh, P('data'))
-    self._gather = jax.jit(lambda images, labels, idx: (images[idx],
-                                                        labels[idx]),
-                           out_shardings=(self._sharding, self._sharding))
-
-  def get(self, global_indices: np.ndarray):
-    local = input_pipeline.process_slice(global_indices, jax.process_index(),
-                                         jax.process_count())
-    if self._on_device:
-      return self._gather(self._split.images, self._split.labels,
-                          to_global(local, self._sharding))
-    return (to_global(self._split.images[local], self._sharding),
-            to_global(self._split.labels[local], self._sharding))
 
 
 def _stop_backbone_gradients(params):
@@ -190,7 +102,7 @@ def make_train_step(model, tx, config, num_classes: int,
   backbone's gradients, which phase 1 does not use.
   """
 
-  def train_step(state: TrainState, images_u8, labels):
+  def train_step(state: inference.TrainState, images_u8, labels):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
     images, targets = preprocess.train_batch(
@@ -212,64 +124,23 @@ def make_train_step(model, tx, config, num_classes: int,
   return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(model, config) -> Callable:
-  """Per-example predictions and losses for a batch of uint8 images."""
-
-  def eval_step(params, images_u8, labels):
-    images = preprocess.eval_images(images_u8, config.pp.crop)
-    logits = model.apply({'params': params}, images, train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return logits.argmax(-1), losses
-
-  return jax.jit(eval_step)
-
-
-def evaluate(eval_step, params, source: BatchSource, num_examples: int,
-             batch: int) -> dict[str, Any]:
-  """Runs every example of a split exactly once (padded last batch masked)."""
-  predictions, losses, indices = [], [], []
-  for batch_indices, mask in input_pipeline.eval_batches(num_examples, batch):
-    images, labels = source.get(batch_indices)
-    preds, batch_losses = eval_step(params, images, labels)
-    gathered = multihost_utils.process_allgather((preds, batch_losses),
-                                                 tiled=True)
-    predictions.append(gathered[0][mask])
-    losses.append(gathered[1][mask])
-    indices.append(batch_indices[mask])
-  return {'predictions': np.concatenate(predictions),
-          'losses': np.concatenate(losses),
-          'indices': np.concatenate(indices)}
-
-
-def eval_metrics(result: dict[str, Any], labels: np.ndarray) -> dict[str, float]:
-  correct = result['predictions'] == np.asarray(labels)[result['indices']]
-  return {'accuracy_test': float(correct.mean()),
-          'loss_test': float(result['losses'].mean())}
-
-
-def _init_params(model, config, sharding):
-  crop = config.pp.crop
-  init = lambda: model.init(jax.random.key(config.seed),
-                            jnp.zeros((1, crop, crop, 3)))['params']
-  return jax.jit(init, out_shardings=sharding)()
-
-
-def _fresh_state(model, tx, config, replicated) -> TrainState:
+def _fresh_state(model, tx, config, replicated) -> inference.TrainState:
   """Pretrained weights if configured, else a random initialisation."""
-  params = _init_params(model, config, replicated)
+  params = inference.init_params(model, config.pp.crop, config.seed,
+                                 replicated)
   if config.pretrained_dir:
     # The file if it is there, else downloaded (bucket, then Hugging Face).
     path = cluster.fetch_pretrained(config.model_name, config.pretrained_dir)
     logging.info('Loading pretrained weights from %s', path)
-    loaded = checkpoint.load_pretrained(path, to_host(params), model.config)
+    loaded = checkpoint.load_pretrained(path, sharding.to_host(params),
+                                        model.config)
     params = jax.device_put(loaded, replicated)
-  ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), ema_params=ema)
-  return jax.device_put(state, replicated)
+  return inference.new_train_state(params, tx, bool(config.ema_decay),
+                                   replicated)
 
 
-def initial_state(model, tx, config, manager, mesh) -> TrainState:
+def initial_state(model, tx, config, manager,
+                  mesh) -> inference.TrainState:
   """Start-up order: resume from workdir -> pretrained -> from scratch."""
   replicated = NamedSharding(mesh, P())
   latest = manager.latest_step()
@@ -308,11 +179,11 @@ class Trainer:
   def __init__(self, config, workdir: str):
     self.config = config
     self.workdir = workdir
-    self.mesh = make_mesh()
-    check_batch_sizes(config, self.mesh)
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch_sizes(config, self.mesh)
     self.train_split, self.test_split = load_data(config)
     num_classes = self.train_split.info.num_classes
-    self.model = make_model(config, num_classes)
+    self.model = inference.make_model(config, num_classes)
     log_attention_plans(self.model.config, config.pp.crop)
     self.tx = optim.make_optimizer(config)
     self.lr_fn = optim.learning_rate_fn(config)
@@ -323,14 +194,14 @@ class Trainer:
             cleanup_tmp_directories=True))  # Left by a killed save.
     self.state = initial_state(self.model, self.tx, config, self.manager,
                                self.mesh)
-    self.train_source = BatchSource(self.train_split, self.mesh,
-                                    config.data_on_device)
-    self.test_source = BatchSource(self.test_split, self.mesh,
-                                   config.data_on_device)
+    self.train_source = sharding.BatchSource(self.train_split, self.mesh,
+                                             config.data_on_device)
+    self.test_source = sharding.BatchSource(self.test_split, self.mesh,
+                                            config.data_on_device)
     self.steps = {frozen: make_train_step(self.model, self.tx, config,
                                           num_classes, frozen)
                   for frozen in (False, True)}
-    self.eval_step = make_eval_step(self.model, config)
+    self.eval_step = inference.make_eval_step(self.model, config.pp.crop)
     self.writer = metrics.MetricWriter(workdir, jax.process_index() == 0)
     self.last_saved_step = None
 
@@ -345,12 +216,14 @@ class Trainer:
     return state.ema_params if state.ema_params is not None else state.params
 
   def evaluate(self) -> dict[str, float]:
-    result = evaluate(self.eval_step, self.eval_params(), self.test_source,
-                      self.test_split.info.num_examples,
-                      self.config.batch_eval)
-    return eval_metrics(result, self.test_split.labels
-                        if isinstance(self.test_split.labels, np.ndarray)
-                        else to_host(self.test_split.labels))
+    result = inference.evaluate(self.eval_step, self.eval_params(),
+                                self.test_source,
+                                self.test_split.info.num_examples,
+                                self.config.batch_eval)
+    return inference.eval_metrics(
+        result, self.test_split.labels
+        if isinstance(self.test_split.labels, np.ndarray)
+        else sharding.to_host(self.test_split.labels))
 
   def use_config(self, config):
     """Rebuilds what depends on the schedule (a new total_steps); the
@@ -430,8 +303,8 @@ def measure_costs(trainer: Trainer, started: float) -> budget.Costs:
   params, batch = trainer.eval_params(), trainer.config.batch_eval
   num_examples = trainer.test_split.info.num_examples
   measured = min(2 * batch, num_examples)
-  run_eval = lambda n: evaluate(trainer.eval_step, params,
-                                trainer.test_source, n, batch)
+  run_eval = lambda n: inference.evaluate(trainer.eval_step, params,
+                                          trainer.test_source, n, batch)
   _seconds(lambda: run_eval(batch))  # Compiles.
   per_batch = _seconds(lambda: run_eval(measured)) / math.ceil(measured /
                                                                 batch)
@@ -512,7 +385,7 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
                         started: float) -> dict[str, float]:
   trainer = make_trainer(config, workdir, started)
   config = trainer.config
-  start = int(to_host(trainer.state.step))
+  start = int(sharding.to_host(trainer.state.step))
   total = config.total_steps
   progress = metrics.Progress(start, total)
   logging.info('Training %s from step %d to %d on %d device(s), %d '
@@ -533,7 +406,7 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
     flush = (done % config.progress_every == 0 or is_last or
              done % config.checkpoint_every == 0)
     if flush:
-      losses, finite = map(np.array, zip(*to_host(pending)))
+      losses, finite = map(np.array, zip(*sharding.to_host(pending)))
       _check_finite(losses, finite, pending_from, trainer)
       elapsed = time.monotonic() - interval_start
       scalars = {
@@ -573,20 +446,8 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
 
 def export(trainer: Trainer, workdir: str):
   """model.npz (published layout) and run.json (what predict needs)."""
-  params = to_host(trainer.eval_params())
+  params = sharding.to_host(trainer.eval_params())
   if jax.process_index() != 0:
     return
-  checkpoint.save(params, os.path.join(workdir, 'model.npz'))
-  config = trainer.config
-  info = trainer.train_split.info
-  run = {'model_name': config.model_name,
-         'model': {k: v for k, v in config.model.items() if v is not None},
-         'num_classes': info.num_classes,
-         'class_names': list(info.class_names),
-         'image_size': config.pp.crop,
-         'dataset': config.dataset,
-         'tfds_data_dir': config.tfds_data_dir,
-         'split_test': config.pp.test,
-         'source_size': config.pp.source_size}
-  with open(os.path.join(workdir, 'run.json'), 'w') as f:
-    json.dump(run, f, indent=2)
+  inference.save_model(workdir, params, inference.RunRecord.from_config(
+      trainer.config, trainer.train_split.info))
