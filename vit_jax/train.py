@@ -567,9 +567,7 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
         pending, pending_from, interval_start = [], done, time.monotonic()
         reporter.step(done, scalars['train_loss'])
       elif reporter.wants_loss():
-        reporter.step(done, float(to_host(pending[-1])[0]))
-      else:
-        reporter.step(done)
+        _show_newest_finished(reporter, pending, pending_from)
       if done % config.eval_every == 0 or is_last:
         eval_start = time.monotonic()
         scalars = trainer.evaluate()
@@ -602,6 +600,17 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
     logging.info('%s', progress.summary_table(summary, workdir,
                                               _outputs(workdir)))
   return summary
+
+
+def _show_newest_finished(reporter: progress.Reporter, pending: list,
+                          pending_from: int):
+  """The bar shows the newest step that has finished, without waiting:
+  steps run ahead of the loop, and waiting here would stall them."""
+  for i in reversed(range(len(pending))):
+    loss = pending[i][0]
+    if loss.is_ready():
+      reporter.step(pending_from + i + 1, float(to_host(loss)))
+      return
 
 
 def _note_best(summary: dict[str, float], scalars: dict[str, float],
