@@ -73,7 +73,7 @@ def get_config():
 
   # Loop, logging and checkpoints.
   config.eval_every = 1000  # Steps between evaluations (and at the end).
-  config.progress_every = 100  # Steps between progress lines and training metrics.
+  config.progress_every = 100  # Steps between training metrics (metrics.jsonl) and, in a log file, progress lines.
   config.checkpoint_every = 1000  # Steps between checkpoints (and at the end).
   config.eval_count = 0  # > 0: that many evaluations and checkpoints, evenly over total_steps (overrides eval_every, checkpoint_every).
   config.keep_checkpoints = 2  # Checkpoints kept in workdir/checkpoints.

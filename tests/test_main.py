@@ -3,11 +3,14 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from tests.conftest import run_cli
 from vit_jax import checkpoint
 
@@ -140,3 +143,90 @@ def test_a_budget_too_small_to_train_ends_with_one_line(tmp_path,
   assert output.strip().splitlines()[-1].startswith(
       'Error: config.train_minutes=0.01 leaves no time to train:')
   assert 'Traceback' not in output
+
+
+def _quick_args(workdir, data, *extra):
+  """8 steps of a one-layer model: evaluations at 4 and 8, a line every 4."""
+  return _args(workdir, data, '--config.model.num_layers=1',
+               '--config.progress_every=4', '--config.checkpoint_every=4',
+               *extra)
+
+
+def _source_file(line):
+  """'I1128 11:54:56.449 1404 train.py:105] ...' -> 'train.py'."""
+  return line.split(']')[0].split()[-1].split(':')[0]
+
+
+def test_a_log_file_gets_our_lines_only_and_curves_at_each_evaluation(
+    tmp_path, image_folder):
+  workdir = str(tmp_path / 'w')
+  process = run_cli(_quick_args(workdir, image_folder))
+  curves, done = os.path.join(workdir, 'curves.png'), os.path.join(
+      workdir, 'model.npz')
+  while not os.path.exists(curves):  # Drawn at the evaluation of step 4.
+    assert process.poll() is None, process.communicate()[0]
+    time.sleep(0.02)
+  assert not os.path.exists(done)
+  with open(curves, 'rb') as f:
+    at_first_evaluation = f.read()
+  output = _finish(process)
+  with open(curves, 'rb') as f:
+    at_the_end = f.read()
+  assert at_first_evaluation[:8] == at_the_end[:8] == b'\x89PNG\r\n\x1a\n'
+  assert at_the_end != at_first_evaluation  # Redrawn with step 8 in it.
+  lines = output.splitlines()
+  headed = [line for line in lines if line[:1] in 'IWE' and '] ' in line]
+  # Every INFO line is the project's own; none of orbax's or TensorFlow's.
+  assert {_source_file(line) for line in headed} <= {
+      'main.py', 'input_pipeline.py', 'train.py', 'progress.py'}, output
+  assert 'orbax' not in output.lower() and 'tensorflow' not in output.lower()
+  assert '\r' not in output  # No bar in a file.
+  progress_lines = [line.split('] ')[1].split(' | ')[0] for line in headed
+                    if _source_file(line) == 'progress.py']
+  assert progress_lines == ['step 4/8'] * 2 + ['step 8/8'] * 2
+  assert 'Config:' not in output  # In workdir/config.json instead.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['num_layers'] == 1
+  assert 'Training testing from step 0 to 8: ' in output
+  assert len(lines) <= 20, output
+
+
+def test_verbose_brings_the_library_lines_back(tmp_path, image_folder):
+  output = _finish(run_cli(_quick_args(str(tmp_path / 'w'), image_folder,
+                                       '--config.total_steps=2',
+                                       '--verbose')))
+  assert 'checkpoint_manager.py' in output and 'Config:' in output
+
+
+def test_on_a_terminal_the_bar_updates_in_place(tmp_path, image_folder):
+  leader, follower = os.openpty()
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'vit_jax.main',
+       *_quick_args(str(tmp_path / 'w'), image_folder)],
+      cwd=REPO, env=env, stdin=follower, stdout=follower, stderr=follower)
+  os.close(follower)
+  shown = _read_until_closed(leader).decode(errors='replace')
+  assert process.wait(timeout=60) == 0, shown
+  updates = [part for part in shown.split('\r') if 'img/s' in part and
+             '%|' in part]
+  # The bar redraws its one line at least at each of the 2 metric flushes.
+  assert len(updates) >= 2, shown
+  assert 'step 8/8' in updates[-1] and 'img/s' in updates[-1], shown
+  assert 'loss ' in shown and 'ETA ' in shown
+  assert 'progress.py' not in shown  # No periodic log lines on a terminal.
+  assert 'step 8/8 | test acc ' in shown and 'Done.' in shown
+
+
+def _read_until_closed(fd):
+  chunks = []
+  while True:
+    try:
+      chunk = os.read(fd, 65536)
+    except OSError:  # EIO: the child closed the terminal.
+      break
+    if not chunk:
+      break
+    chunks.append(chunk)
+  os.close(fd)
+  return b''.join(chunks)

@@ -1,7 +1,6 @@
 """Tests for vit_jax.models: sizes, shapes, options, jit agreement."""
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

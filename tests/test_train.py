@@ -122,7 +122,7 @@ def test_frozen_step_computes_no_backbone_gradients(accum_steps):
   """Phase 1 spares the backbone's backward pass: its gradients are exact
   zeros (so XLA never computes them), while the head's are not."""
   config = _tiny(cifar10_finetune.get_config())
-  model = train.make_model(config, num_classes=10)
+  model = inference.make_model(config, num_classes=10)
   params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
   params['head'] = jax.tree.map(np.ones_like, params['head'])  # Not zero-init.
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))

@@ -7,9 +7,14 @@ shared file system or gs://). Processes join one JAX job through
 with several tasks or of a TPU slice that names its workers
 (TPU_WORKER_HOSTNAMES, MEGASCALE_COORDINATOR_ADDRESS). On Cloud TPU VM pod
 slices libtpu connects the hosts by itself. Only process 0 logs at INFO.
+
+The console shows the project's own lines: a progress bar on a terminal
+(progress.py), and the libraries' warnings and errors; --verbose adds the
+libraries' INFO lines and the config.
 """
 
 import difflib
+import logging as std_logging
 import functools
 import importlib.util
 import os
@@ -39,7 +44,32 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-host: this process\'s index, 0 .. '
     'num_processes - 1.')
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'Also show the INFO lines of the libraries (orbax, '
+    'TensorFlow, JAX/XLA) and the config; by default they show '
+    'warnings and errors only.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class OwnInfoOnly(std_logging.Filter):
+  """Passes warnings and errors from anywhere, INFO and below from vit_jax
+  only: orbax, JAX and TensorFlow log through the same (absl) handler."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING or
+            os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+
+
+def quiet_libraries(verbose: bool):
+  """Libraries' start-up and per-checkpoint chatter off the console, unless
+  --verbose. Before TensorFlow is imported: its C++ logging (and XLA's)
+  reads TF_CPP_MIN_LOG_LEVEL once (1: warnings and errors)."""
+  if verbose:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  logging.get_absl_handler().addFilter(OwnInfoOnly())
 
 
 def distributed_args(coordinator_address: Optional[str],
@@ -100,6 +130,7 @@ def main(argv, started: float):
   """`started`: time.monotonic() at the command's start (train_minutes)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet_libraries(_VERBOSE.value)
   reuse_memory = (_CONFIG.value.reuse_host_memory and
                   host_memory.will_run_on_cpu(
                       jax.config.jax_platforms,
@@ -112,7 +143,9 @@ def main(argv, started: float):
                'host memory reused between steps: %s', jax.process_index(),
                jax.process_count(), jax.local_devices(), jax.device_count(),
                reuse_memory)
-  logging.info('Config:\n%s', _CONFIG.value)
+  # The whole config: workdir/config.json and, with --verbose, here.
+  if _VERBOSE.value:
+    logging.info('Config:\n%s', _CONFIG.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, started)
   except _explained_errors() as e:

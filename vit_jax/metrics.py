@@ -1,14 +1,15 @@
-"""Metric outputs of a run: metrics.jsonl, TensorBoard events, console.
+"""Metric outputs of a run: metrics.jsonl and TensorBoard events.
 
 TensorBoard events are written with tensorboard's own event-file writer, so
-no TensorFlow is needed on accelerator hosts. Only process 0 writes.
+no TensorFlow is needed on accelerator hosts. Only process 0 writes. What
+the console shows is progress.py's; curves.png is drawn from metrics.jsonl
+by plots.py.
 """
 
 import json
 import os
 import time
 
-from absl import logging
 
 
 class MetricWriter:
@@ -39,35 +40,3 @@ class MetricWriter:
   def close(self):
     if self._events is not None:
       self._events.close()
-
-
-def format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
-
-
-class Progress:
-  """A console line with rate and ETA every `progress_every` steps."""
-
-  def __init__(self, start_step: int, total_steps: int):
-    self._total = total_steps
-    self._start_step = start_step
-    self._start_time = None
-
-  def start(self, step: int):
-    """Called after the first (compiling) step so the ETA excludes it."""
-    self._start_step, self._start_time = step, time.monotonic()
-
-  def line(self, step: int, scalars: dict[str, float]) -> str:
-    parts = [f'step {step}/{self._total}']
-    parts += [f'{k} {v:.4g}' for k, v in scalars.items()]
-    if self._start_time is not None and step > self._start_step:
-      elapsed = time.monotonic() - self._start_time
-      per_step = elapsed / (step - self._start_step)
-      parts.append(f'ETA {format_duration(per_step * (self._total - step))}')
-    return ' | '.join(parts)
-
-  def log(self, step: int, scalars: dict[str, float]):
-    logging.info('%s', self.line(step, scalars))

@@ -33,7 +33,9 @@ from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import plots
 from vit_jax import preprocess
+from vit_jax import progress
 from vit_jax import recovery
 from vit_jax import sharding
 from vit_jax import workdir_lock
@@ -203,6 +205,7 @@ class Trainer:
                   for frozen in (False, True)}
     self.eval_step = inference.make_eval_step(self.model, config.pp.crop)
     self.writer = metrics.MetricWriter(workdir, jax.process_index() == 0)
+    self.reporter = None  # A progress.Reporter while the loop runs.
     self.last_saved_step = None
 
   def train_batch(self, step: int):
@@ -216,14 +219,19 @@ class Trainer:
     return state.ema_params if state.ema_params is not None else state.params
 
   def evaluate(self) -> dict[str, float]:
-    result = inference.evaluate(self.eval_step, self.eval_params(),
-                                self.test_source,
-                                self.test_split.info.num_examples,
-                                self.config.batch_eval)
-    return inference.eval_metrics(
-        result, self.test_split.labels
-        if isinstance(self.test_split.labels, np.ndarray)
-        else sharding.to_host(self.test_split.labels))
+    num_examples = self.test_split.info.num_examples
+    if self.reporter is None:
+      result = inference.evaluate(self.eval_step, self.eval_params(), self.test_source,
+                        num_examples, self.config.batch_eval)
+    else:
+      batches = progress.eval_batches(num_examples, self.config.batch_eval)
+      with self.reporter.evaluating(batches) as tick:
+        result = inference.evaluate(self.eval_step, self.eval_params(),
+                          _TickingSource(self.test_source, tick),
+                          num_examples, self.config.batch_eval)
+    return inference.eval_metrics(result, self.test_split.labels
+                        if isinstance(self.test_split.labels, np.ndarray)
+                        else sharding.to_host(self.test_split.labels))
 
   def use_config(self, config):
     """Rebuilds what depends on the schedule (a new total_steps); the
@@ -248,6 +256,18 @@ class Trainer:
                                         self.state)
 
 
+class _TickingSource:
+  """A BatchSource that reports each batch it hands out (evaluation bar)."""
+
+  def __init__(self, source: sharding.BatchSource, tick: Callable[[], None]):
+    self._source, self._tick = source, tick
+
+  def get(self, global_indices: np.ndarray):
+    batch = self._source.get(global_indices)
+    self._tick()
+    return batch
+
+
 def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
                   trainer: Trainer):
   bad = np.flatnonzero(~finite)
@@ -261,6 +281,9 @@ def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
         f'Training diverged at step {first_step + int(bad[0]) + 1} (loss '
         f'{losses[bad[0]]}, or non-finite updates); stopping. {kept}; lower '
         'config.base_lr or raise config.warmup_steps, then restart.')
+
+
+CONFIG_FILENAME = 'config.json'  # The run's resolved config, in the workdir.
 
 
 def with_total_steps(config, total_steps: int):
@@ -387,51 +410,65 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
   config = trainer.config
   start = int(sharding.to_host(trainer.state.step))
   total = config.total_steps
-  progress = metrics.Progress(start, total)
-  logging.info('Training %s from step %d to %d on %d device(s), %d '
-               'process(es).', config.model_name, start, total,
-               jax.device_count(), jax.process_count())
+  is_main = jax.process_index() == 0
+  announce(trainer, workdir, start)
+  clock = progress.Clock(start, total, config.batch)
+  reporter = progress.Reporter(clock, config.progress_every, is_main)
+  trainer.reporter = reporter
   pending, pending_from, interval_start = [], start, time.monotonic()
   summary = {}
   start_time = time.monotonic()
-  for step in range(start, total):
-    images, labels = trainer.train_batch(step)
-    frozen = step < config.freeze_steps
-    trainer.state, loss = trainer.steps[frozen](trainer.state, images, labels)
-    pending.append(loss)
-    done = step + 1
-    if done == start + 1:
-      progress.start(done)
-    is_last = done == total
-    flush = (done % config.progress_every == 0 or is_last or
-             done % config.checkpoint_every == 0)
-    if flush:
-      losses, finite = map(np.array, zip(*sharding.to_host(pending)))
-      _check_finite(losses, finite, pending_from, trainer)
-      elapsed = time.monotonic() - interval_start
-      scalars = {
-          'train_loss': float(losses.mean()),
-          'learning_rate': float(trainer.lr_fn(step)),
-          'img_sec_core_train': (len(losses) * config.batch / elapsed /
-                                 jax.device_count()),
-      }
-      trainer.writer.write(done, scalars)
-      progress.log(done, scalars)
-      heartbeat()
-      summary.update(scalars)
-      pending, pending_from, interval_start = [], done, time.monotonic()
-    if done % config.eval_every == 0 or is_last:
-      eval_start = time.monotonic()
-      scalars = trainer.evaluate()
-      scalars['train_seconds'] = time.monotonic() - start_time
-      interval_start += time.monotonic() - eval_start  # Keep img/s honest.
-      trainer.writer.write(done, scalars)
-      progress.log(done, scalars)
-      summary.update(scalars)
-    if done % config.checkpoint_every == 0 or is_last:
-      trainer.save_checkpoint(done)
+  try:
+    for step in range(start, total):
+      images, labels = trainer.train_batch(step)
+      frozen = step < config.freeze_steps
+      trainer.state, loss = trainer.steps[frozen](trainer.state, images,
+                                                  labels)
+      pending.append(loss)
+      done = step + 1
+      if done == start + 1:
+        jax.block_until_ready(loss)
+        clock.start(done)  # Rate and ETA leave the compilation out.
+      is_last = done == total
+      flush = (done % config.progress_every == 0 or is_last or
+               done % config.checkpoint_every == 0)
+      if flush:
+        losses, finite = map(np.array, zip(*sharding.to_host(pending)))
+        _check_finite(losses, finite, pending_from, trainer)
+        elapsed = time.monotonic() - interval_start
+        scalars = {
+            'train_loss': float(losses.mean()),
+            'learning_rate': float(trainer.lr_fn(step)),
+            'img_sec_core_train': (len(losses) * config.batch / elapsed /
+                                   jax.device_count()),
+            'train_seconds': time.monotonic() - start_time,
+        }
+        trainer.writer.write(done, scalars)
+        heartbeat()
+        summary.update(scalars)
+        pending, pending_from, interval_start = [], done, time.monotonic()
+        reporter.step(done, scalars['train_loss'])
+      elif reporter.wants_loss():
+        _show_newest_finished(reporter, pending, pending_from)
+      if done % config.eval_every == 0 or is_last:
+        eval_start = time.monotonic()
+        scalars = trainer.evaluate()
+        scalars['train_seconds'] = time.monotonic() - start_time
+        interval_start += time.monotonic() - eval_start  # Keep img/s honest.
+        trainer.writer.write(done, scalars)
+        reporter.evaluated(done, scalars['accuracy_test'], scalars['loss_test'])
+        _note_best(summary, scalars, done)
+        summary.update(scalars)
+        if is_main:
+          draw_curves(workdir)
+      if done % config.checkpoint_every == 0 or is_last:
+        trainer.save_checkpoint(done)
+  finally:
+    reporter.close()
   if start >= total:  # Already finished: evaluate the restored model.
-    summary.update(trainer.evaluate())
+    scalars = trainer.evaluate()
+    _note_best(summary, scalars, total)
+    summary.update(scalars)
   with trainer.explain_failed_save():
     trainer.manager.wait_until_finished()
   export(trainer, workdir)
@@ -439,9 +476,61 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
   summary['steps'] = total
   summary['seconds'] = time.monotonic() - start_time
   summary['wall_seconds'] = time.monotonic() - started  # The whole command.
-  logging.info('Done: %s', ', '.join(f'{k}={v:.4g}' for k, v in
-                                      summary.items()))
+  summary['img_sec'] = clock.images_per_second(total) or 0.0
+  if is_main:
+    draw_curves(workdir)
+    logging.info('%s', progress.summary_table(summary, workdir,
+                                              _outputs(workdir)))
   return summary
+
+
+def _show_newest_finished(reporter: progress.Reporter, pending: list,
+                          pending_from: int):
+  """The bar shows the newest step that has finished, without waiting:
+  steps run ahead of the loop, and waiting here would stall them."""
+  for i in reversed(range(len(pending))):
+    loss = pending[i][0]
+    if loss.is_ready():
+      reporter.step(pending_from + i + 1, float(sharding.to_host(loss)))
+      return
+
+
+def _note_best(summary: dict[str, float], scalars: dict[str, float],
+               step: int):
+  if scalars['accuracy_test'] > summary.get('best_accuracy_test', -1.0):
+    summary['best_accuracy_test'] = scalars['accuracy_test']
+    summary['best_step'] = step
+
+
+def announce(trainer: Trainer, workdir: str, start: int):
+  """config.json in the workdir (the run's whole config, resolved) and one
+  line on the console in its place."""
+  config = trainer.config
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, CONFIG_FILENAME), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  num_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
+  logging.info('%s', progress.run_line(
+      config.model_name, num_params, config.dataset,
+      trainer.train_split.info.num_examples,
+      trainer.test_split.info.num_examples, start, config.total_steps,
+      jax.device_count(), jax.process_count()))
+
+
+def draw_curves(workdir: str):
+  """workdir/curves.png; a plotting failure is a warning, not a lost run."""
+  try:
+    plots.write_curves(workdir)
+  except (OSError, ValueError, RuntimeError) as e:
+    logging.warning('Could not draw %s: %s', plots.FILENAME, e)
+
+
+def _outputs(workdir: str) -> list[str]:
+  names = ('model.npz', 'run.json', CONFIG_FILENAME, 'metrics.jsonl',
+           plots.FILENAME, 'checkpoints')
+  return [name + ('/' if name == 'checkpoints' else '') for name in names
+          if os.path.exists(os.path.join(workdir, name))]
 
 
 def export(trainer: Trainer, workdir: str):
