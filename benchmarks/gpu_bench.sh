@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
 # ViT-B/16 at 224px, bfloat16, on one GPU: vit_jax against timm (torch.compile
-# + AMP) side by side, training (AdamW) and inference. About 4 minutes on an
-# H100, most of it compiling (XLA, then Inductor).
+# + AMP) side by side, training (AdamW) and inference, then each speed lever
+# alone and a per-op profile of our training step. About 8 minutes on an
+# H100/H200, most of it compiling (XLA, then Inductor).
 #
 #   OUT=/some/dir bash benchmarks/gpu_bench.sh       # from anywhere
 #
 # Writes one JSON line per run to $OUT/bench.jsonl (fields: see
 # `python -m vit_jax.benchmark --help`), each run's console output to
-# $OUT/<name>.log, and the software versions to $OUT/env.txt.
+# $OUT/<name>.log, one table of every run to $OUT/levers.txt, the per-op
+# profile of the training step to $OUT/profile_train.txt
+# (benchmarks/profile_step.py; the raw trace stays under $OUT/trace_train/)
+# and the software versions to $OUT/env.txt.
 # Needs jax[cuda], flax, optax, orbax-checkpoint, ml_collections (a wheel in
 # .whl/ is installed if the module is missing), torch and timm; no tensorflow.
 #
+# Levers, each alone against the default (cuDNN flash attention, XLA's
+# default flags, batch 256 / 1024), ours only:
+#   train_xla_attention      XLA's attention instead of cuDNN's
+#   train_cudnn_layer_norm   --xla_gpu_enable_cudnn_layer_norm=true
+#   train_no_triton_gemm     --xla_gpu_enable_triton_gemm=false (cuBLAS only)
+#   train_autotune_4         --xla_gpu_autotune_level=4
+#   train_batch_x2           twice the batch
+#   train_remat              blocks recomputed in the backward pass
+#   infer_cudnn_layer_norm   the layer-norm flag for inference
+# A flag this XLA does not know is reported and skipped (an unknown flag
+# aborts the process). Lever runs start only while the script is inside
+# BUDGET seconds (default 420).
+#
 # GPU_BENCH_TINY=1 shrinks the model, images, batches and steps to check the
-# script on a CPU in a minute (PYTHON=/path/to/python-with-torch-and-timm).
+# script on a CPU in a few minutes (PYTHON=/path/to/python-with-torch-and-timm).
 # TRAIN_BATCH and INFER_BATCH override the batch sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_bench}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
+rm -f "$OUT/levers.txt"
 
 if ! "$PY" -c 'import ml_collections' 2>/dev/null; then
   "$PY" -m pip install -q --no-deps --no-index --target /tmp/site \
@@ -71,13 +89,56 @@ for mode in train infer; do
     bench "${mode}_ours_only" --mode "$mode" --batch "$batch"
 done
 
-# With time to spare (each extra run is ours alone, ~40 s, started only while
-# the whole script stays near 4 minutes): XLA's attention instead of cuDNN's,
-# cuBLAS for every matmul instead of XLA's Triton GEMMs, a larger batch.
-extra() { if (( SECONDS < 190 )); then bench "$@"; fi; }
-extra train_xla_attention_ours --mode train --batch "$TRAIN_BATCH" \
+# Each lever alone, ours only (~40 s each on a GPU), then the profile.
+BUDGET=${BUDGET:-420}
+extra() {
+  if (( SECONDS < BUDGET )); then bench "$@"; else echo "== $1 skipped (time)"; fi
+}
+# with_flag FLAG NAME ARGS...: a lever run with one more XLA flag.
+with_flag() {
+  local flag=$1; shift
+  if ! XLA_FLAGS="$XLA_FLAGS $flag" "$PY" -c \
+      'import jax; jax.numpy.ones(1).block_until_ready()' >/dev/null 2>&1; then
+    echo "== $1 skipped: this XLA does not accept $flag" | tee -a "$OUT/levers.txt"
+    return 0
+  fi
+  XLA_FLAGS="$XLA_FLAGS $flag" extra "$@"
+}
+extra train_ours --mode train --batch "$TRAIN_BATCH"
+extra train_xla_attention --mode train --batch "$TRAIN_BATCH" \
     --attention_impl xla
-XLA_FLAGS="$XLA_FLAGS --xla_gpu_enable_triton_gemm=false" \
-  extra train_no_triton_gemm --mode train --batch "$TRAIN_BATCH"
+with_flag --xla_gpu_enable_cudnn_layer_norm=true train_cudnn_layer_norm \
+    --mode train --batch "$TRAIN_BATCH"
+with_flag --xla_gpu_enable_triton_gemm=false train_no_triton_gemm \
+    --mode train --batch "$TRAIN_BATCH"
+with_flag --xla_gpu_autotune_level=4 train_autotune_4 \
+    --mode train --batch "$TRAIN_BATCH"
 extra train_batch_x2 --mode train --batch $((TRAIN_BATCH * 2))
-echo "== done in $SECONDS s; results in $OUT/bench.jsonl"
+extra train_remat --mode train --batch "$TRAIN_BATCH" --remat
+with_flag --xla_gpu_enable_cudnn_layer_norm=true infer_cudnn_layer_norm \
+    --mode infer --batch "$INFER_BATCH"
+
+# Where the default training step's time goes, op by op.
+echo "== profile ($SECONDS s in)"
+timeout "$LIMIT" "$PY" benchmarks/profile_step.py --out "$OUT" \
+    --model "$MODEL" --image_size "$SIZE" --dtype bfloat16 --mode train \
+    --batch "$TRAIN_BATCH" --warmup "$WARMUP" > "$OUT/profile.log" 2>&1 ||
+  echo "profile failed: see $OUT/profile.log"
+head -n 30 "$OUT/profile_train.txt" 2>/dev/null
+
+# Every run in one table (the run's name is its log's).
+"$PY" - "$OUT" <<'EOF' | tee -a "$OUT/levers.txt"
+import glob, json, os, sys
+out = sys.argv[1]
+fmt = lambda v, f: '-' if v is None else format(v, f)
+print(f"{'run':26s} {'img/s':>9s} {'timm img/s':>10s} {'ratio':>6s}  attention")
+for log in sorted(glob.glob(os.path.join(out, '*.log')), key=os.path.getmtime):
+  lines = [l for l in open(log) if l.startswith('{')]
+  if lines:
+    r = json.loads(lines[-1])
+    print(f"{os.path.basename(log)[:-4]:26s} {r['img_per_s']:9.1f} "
+          f"{fmt(r.get('timm_img_per_s'), '.1f'):>10s} "
+          f"{fmt(r.get('ratio_vs_timm'), '.3f'):>6s}  "
+          f"{r['attention_used'][:70]}")
+EOF
+echo "== done in $SECONDS s; results in $OUT"
