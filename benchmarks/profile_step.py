@@ -25,6 +25,7 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from vit_jax import benchmark  # pylint: disable=g-import-not-at-top
+from vit_jax import speed  # pylint: disable=g-import-not-at-top
 
 # Event-name patterns -> class, first match wins (cuDNN/cuBLAS kernel names
 # on GPU, HLO instruction names on CPU).
@@ -94,7 +95,7 @@ def main():
   parser.add_argument('--profile_steps', type=int, default=3)
   ours, rest = parser.parse_known_args()
   args = benchmark.parse_args(rest)
-  runner = benchmark.JaxRunner(args)
+  runner = speed.JaxRunner(args)
   runner.compile()
   runner.run(max(args.warmup, 1))
   trace_dir = os.path.join(ours.out, f'trace_{args.mode}')
