@@ -70,7 +70,7 @@ cat "$OUT/env.txt"
 bench() {
   local name=$1; shift
   echo "== $name ($SECONDS s in)"
-  timeout "$LIMIT" "$PY" -m vit_jax.benchmark --model "$MODEL" \
+  timeout "$LIMIT" "$PY" -m vit_jax.benchmark --model_name "$MODEL" \
       --image_size "$SIZE" --dtype bfloat16 --steps "$STEPS" \
       --warmup "$WARMUP" --rounds "$ROUNDS" --json_out "$OUT/bench.jsonl" \
       "$@" > "$OUT/$name.log" 2>&1
@@ -121,7 +121,7 @@ with_flag --xla_gpu_enable_cudnn_layer_norm=true infer_cudnn_layer_norm \
 # Where the default training step's time goes, op by op.
 echo "== profile ($SECONDS s in)"
 timeout "$LIMIT" "$PY" benchmarks/profile_step.py --out "$OUT" \
-    --model "$MODEL" --image_size "$SIZE" --dtype bfloat16 --mode train \
+    --model_name "$MODEL" --image_size "$SIZE" --dtype bfloat16 --mode train \
     --batch "$TRAIN_BATCH" --warmup "$WARMUP" > "$OUT/profile.log" 2>&1 ||
   echo "profile failed: see $OUT/profile.log"
 head -n 30 "$OUT/profile_train.txt" 2>/dev/null

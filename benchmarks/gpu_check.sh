@@ -60,7 +60,7 @@ FT_ARGS=(--dataset synthetic --batch 32 --accum 1 --freeze_steps 10
          --total_steps 40 --test_split 'test[:64]')
 SCRATCH_ARGS=(--config.total_steps=2000 --config.eval_every=1000
               --config.checkpoint_every=2000 --config.progress_every=250)
-BENCH_ARGS=(--model ViT-B_16 --image_size 224 --dtype bfloat16 --steps 10
+BENCH_ARGS=(--model_name ViT-B_16 --image_size 224 --dtype bfloat16 --steps 10
             --warmup 2 --rounds 2)
 TRAIN_BATCH=256 INFER_BATCH=1024
 ATTENTION_ARGS=()
@@ -73,7 +73,7 @@ if [ -n "$TINY" ]; then
                 --config.model.hidden_size=32 --config.model.mlp_dim=32
                 --config.model.num_heads=2 --config.model.num_layers=1
                 --config.pp.test=test)
-  BENCH_ARGS=(--model testing --image_size 32 --dtype bfloat16 --steps 2
+  BENCH_ARGS=(--model_name testing --image_size 32 --dtype bfloat16 --steps 2
               --warmup 1 --rounds 1)
   TRAIN_BATCH=8 INFER_BATCH=16
   ATTENTION_ARGS=(--tiny)

@@ -41,7 +41,7 @@ for spec in "train 256" "infer 1024"; do
   set -- $spec
   batch=$2
   [ -n "${SMOKE:-}" ] && batch=8
-  timeout 100 python3 -m vit_jax.benchmark --model "$BENCH_MODEL" --mode "$1" \
+  timeout 100 python3 -m vit_jax.benchmark --model_name "$BENCH_MODEL" --mode "$1" \
     --batch "$batch" --dtype bfloat16 --compare timm \
     --json_out "$OUT/bench.jsonl" --rounds 3 --steps 10 --warmup 2 "${BENCH_EXTRA[@]}" >> "$OUT/bench.log" 2>&1
   echo "bench $1 exit $?"

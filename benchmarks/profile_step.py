@@ -1,6 +1,6 @@
 """Where a training or inference step's time goes: a per-op table.
 
-  python benchmarks/profile_step.py --model ViT-B_16 --mode train --batch 256 \
+  python benchmarks/profile_step.py --model_name ViT-B_16 --mode train --batch 256 \
       --dtype bfloat16 --out DIR
 
 Builds the step exactly as `python -m vit_jax.benchmark` does (same flags),

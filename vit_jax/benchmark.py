@@ -1,7 +1,7 @@
 """Speed of a ViT: img/s, TFLOP/s, MFU, memory and compile time; vs timm.
 
-  python -m vit_jax.benchmark --model ViT-B_16 --mode infer --batch 16
-  python -m vit_jax.benchmark --model ViT-Ti_16 --mode train --batch 32
+  python -m vit_jax.benchmark --model_name ViT-B_16 --mode infer --batch 16
+  python -m vit_jax.benchmark --model_name ViT-Ti_16 --mode train --batch 32
   /path/to/python-with-timm -m vit_jax.benchmark ... --compare timm
 
 `train` times the real training step (`train.make_train_step`: on-device
@@ -19,20 +19,21 @@ import json
 import os
 
 from vit_jax import attention
+from vit_jax import cli
 from vit_jax import speed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.benchmark',
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument('--model', default='ViT-B_16',
-                      help='e.g. ViT-B_16, ViT-Ti_16, or testing.')
+  parser = cli.Parser('python -m vit_jax.benchmark',
+                      __doc__.split('\n\n')[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_shared('model_name', default='ViT-B_16',
+                    help='e.g. ViT-B_16, ViT-Ti_16, or testing.')
   parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--batch', type=int, default=16,
-                      help='Global batch (over all devices).')
-  parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
+  parser.add_shared('batch', default=16, help='Global batch (over all '
+                    'devices).')
+  parser.add_argument('--dtype', '--config.model.dtype', dest='dtype',
+                      choices=('float32', 'bfloat16'),
                       default='float32',
                       help='Compute dtype; parameters stay float32.')
   parser.add_argument('--mode', choices=('train', 'infer'), default='infer')
@@ -47,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       default='auto', help='torch.compile timm (auto: on GPU).')
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='Per-device peak for MFU (default: table).')
-  parser.add_argument('--attention_impl', choices=attention.IMPLS,
+  parser.add_argument('--attention_impl', '--config.model.attention_impl',
+                      dest='attention_impl', choices=attention.IMPLS,
                       default='auto')
   parser.add_argument('--remat', action='store_true',
                       help='Recompute blocks in the backward pass.')

@@ -9,7 +9,9 @@ masked, as during training: both run `inference.evaluate`), on all devices
 of all processes. Writes `eval_<split>.json` (summary, per-class accuracy and
 the confusion matrix) and `confusion_<split>.png` into --out (default:
 WORKDIR/eval, or ./eval for a bare file). With a workdir the dataset, data
-dir and split default to the run's (run.json); flags override them.
+dir and split default to the run's (run.json); flags override them. With
+--workdir it also redraws WORKDIR/curves.png from the run's metrics.jsonl
+(for runs older than the plot).
 """
 
 import argparse
@@ -19,33 +21,35 @@ from typing import Optional, Sequence
 import jax
 
 from vit_jax import checkpoint
+from vit_jax import cli
 from vit_jax import input_pipeline
+from vit_jax import plots
 from vit_jax import reports
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.evaluate', description=__doc__.split('\n')[0])
-  which = parser.add_mutually_exclusive_group(required=True)
-  which.add_argument('--workdir', help='a finished vit_jax.main run')
-  which.add_argument('--checkpoint', help='a parameter file (any layout)')
-  parser.add_argument('--model_name', default=None,
-                      help='for --checkpoint: check it is this size')
-  parser.add_argument('--dataset', default=None,
-                      help='TFDS name or image folder (default: the run\'s)')
-  parser.add_argument('--tfds_data_dir', default=None,
-                      help='default: the run\'s, else $TFDS_DATA_DIR')
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  parser = cli.Parser('python -m vit_jax.evaluate', __doc__.split('\n')[0])
+  parser.add_model_source()
+  parser.add_shared('model_name', help='for --checkpoint: check it is this '
+                    'size')
+  parser.add_shared('dataset', help='TFDS name or image folder (default: '
+                    'the run\'s)')
+  parser.add_shared('tfds_data_dir', help='default: the run\'s, else '
+                    '$TFDS_DATA_DIR')
   parser.add_argument('--split', default=None,
                       help='TFDS slice syntax, e.g. test or test[:500] '
                            '(default: the run\'s eval split, else test)')
-  parser.add_argument('--source_size', type=int, default=None,
-                      help='resize images to NxN when loading (datasets of '
-                           'mixed sizes)')
-  parser.add_argument('--batch', type=int, default=256,
-                      help='global evaluation batch')
+  parser.add_argument('--source_size', '--config.pp.source_size', type=int,
+                      default=None, help='resize images to NxN when loading '
+                      '(datasets of mixed sizes)')
+  parser.add_shared('batch', default=256, help='global evaluation batch')
   parser.add_argument('--out', default=None,
                       help='output folder (default WORKDIR/eval or ./eval)')
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
   try:
     summary = reports.evaluate_checkpoint(
         args.workdir or args.checkpoint, model_name=args.model_name,
@@ -65,6 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       shown = 'n/a' if accuracy is None else f'{accuracy:.4f}'
       print(f'  {name:<{width}s} {shown}')
     print('Wrote ' + ' and '.join(summary['outputs']))
+    curves = args.workdir and plots.write_curves(args.workdir)
+    if curves:
+      print(f'Wrote {curves}')
   return 0
 
 

@@ -1,5 +1,9 @@
 """Command line: python -m vit_jax.main --config configs/X.py[:arg] --workdir DIR.
 
+Config keys are set with --config.KEY=VALUE; the keys the other commands
+share (dataset, tfds_data_dir, model_name, batch) may also be written
+--KEY=VALUE, as those commands take them (cli.py).
+
 Multi-host: run the same command on every host with the same --workdir (a
 shared file system or gs://). Processes join one JAX job through
 `jax.distributed.initialize`: from --coordinator_address, --num_processes and
@@ -27,6 +31,7 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+from vit_jax import cli
 from vit_jax import host_memory
 from vit_jax import workdir_lock
 
@@ -201,6 +206,8 @@ def _parse_flags_or_explain(argv):
 
 def run():
   started = time.monotonic()
+  # config_flags finds the --config.key overrides in sys.argv itself.
+  sys.argv = cli.as_config_overrides(sys.argv)
   remaining = _parse_flags_or_explain(sys.argv)
   app.run(functools.partial(main, started=started),
           flags_parser=lambda _: remaining)

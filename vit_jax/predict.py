@@ -1,10 +1,10 @@
 """Classify your own images with a trained model: top-k names and probabilities.
 
-  python -m vit_jax.predict --checkpoint runs/scratch cat.jpg dog.png
+  python -m vit_jax.predict --workdir runs/scratch cat.jpg dog.png
   python -m vit_jax.predict --checkpoint ViT-B_16_cifar10.npz --labels names.txt x.jpg
 
-`--checkpoint` is a workdir of `vit_jax.main` (model.npz + run.json: model,
-image size and class names as trained) or a parameter file in any layout
+`--workdir` is a finished run of `vit_jax.main` (model.npz + run.json: model,
+image size and class names as trained); `--checkpoint` a parameter file in any layout
 `checkpoint.load` reads; for a bare file the architecture, number of classes
 and image size are read off the arrays (`--model_name` checks them against
 the size table). The loading and prediction are `vit_jax.inference`'s.
@@ -16,28 +16,31 @@ import sys
 from typing import Optional, Sequence
 
 from vit_jax import checkpoint
+from vit_jax import cli
 from vit_jax import image_io
 from vit_jax import inference
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.predict', description=__doc__.split('\n')[0])
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  parser = cli.Parser('python -m vit_jax.predict', __doc__.split('\n')[0])
   parser.add_argument('images', nargs='+', metavar='IMAGE',
                       help='image files (JPEG, PNG, ...; any size)')
-  parser.add_argument('--checkpoint', required=True,
-                      help='workdir of vit_jax.main, or a parameter file')
-  parser.add_argument('--model_name', default=None,
-                      help='for a bare file: check it is this size (ViT-B_16)')
+  parser.add_model_source()
+  parser.add_shared('model_name', help='for a bare file: check it is this '
+                    'size (ViT-B_16)')
   parser.add_argument('--labels', default=None,
                       help='file with one class name per line (overrides '
                            'the names saved with the run)')
   parser.add_argument('--top_k', type=int, default=5)
   parser.add_argument('--json', action='store_true',
                       help='print one JSON object per image instead')
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
   try:
-    trained = inference.load_model(args.checkpoint, args.model_name,
+    trained = inference.load_model(args.workdir or args.checkpoint, args.model_name,
                                    args.labels)
     results = inference.predict_files(trained, args.images,
                                       min(args.top_k, trained.num_classes))

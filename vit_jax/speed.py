@@ -129,7 +129,7 @@ def bench_config(args):
   """The base training config, edited to the benchmark's model and shapes."""
   from configs import common  # pylint: disable=g-import-not-at-top
   config = common.get_config()
-  config.model_name = args.model
+  config.model_name = args.model_name
   config.batch = config.batch_eval = args.batch
   config.pp.crop = config.pp.resize = args.image_size  # No resize, no crop.
   config.model.dtype = args.dtype
@@ -363,7 +363,7 @@ def build_report(args, setup: Setup, speeds: list[float],
       else peak_tflops(device, args.dtype))
   memory, memory_source = _peak_memory()
   report = {
-      'model': args.model, 'mode': args.mode, 'batch': args.batch,
+      'model': args.model_name, 'mode': args.mode, 'batch': args.batch,
       'image_size': args.image_size, 'dtype': args.dtype,
       'attention_impl': args.attention_impl,
       'attention_used': models.attention_plan(

@@ -1,6 +1,6 @@
 """Where the model looks: attention rollout and last-layer CLS attention.
 
-  python -m vit_jax.visualize --checkpoint runs/scratch cat.jpg --out cat_attention.png
+  python -m vit_jax.visualize --workdir runs/scratch cat.jpg --out cat_attention.png
 
 Writes one PNG: the image, its attention rollout and the last layer's
 attention, as computed and explained in `vit_jax/explain.py`.
@@ -11,25 +11,28 @@ import sys
 from typing import Optional, Sequence
 
 from vit_jax import checkpoint
+from vit_jax import cli
 from vit_jax import explain
 from vit_jax import image_io
 from vit_jax import inference
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.visualize', description=__doc__.split('\n')[0])
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  parser = cli.Parser('python -m vit_jax.visualize', __doc__.split('\n')[0])
   parser.add_argument('image', metavar='IMAGE', help='an image file')
-  parser.add_argument('--checkpoint', required=True,
-                      help='workdir of vit_jax.main, or a parameter file')
+  parser.add_model_source()
   parser.add_argument('--out', required=True, help='PNG file to write')
-  parser.add_argument('--model_name', default=None,
-                      help='for a bare file: check it is this size')
+  parser.add_shared('model_name', help='for a bare file: check it is this '
+                    'size')
   parser.add_argument('--labels', default=None,
                       help='file with one class name per line')
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
   try:
-    trained = inference.load_model(args.checkpoint, args.model_name,
+    trained = inference.load_model(args.workdir or args.checkpoint, args.model_name,
                                    args.labels)
     explain.visualize_file(trained, args.image, args.out)
   except (image_io.ImageError, checkpoint.CheckpointError, FileNotFoundError,

@@ -1,0 +1,94 @@
+"""One flag style for every command of the package.
+
+`python -m vit_jax.main` takes config keys as `--config.KEY=VALUE`. The other
+commands (evaluate, predict, visualize, benchmark) use the same names for the
+same things, and each such flag is accepted in both spellings by every
+command:
+
+  --dataset        --config.dataset          TFDS name or image folder
+  --tfds_data_dir  --config.tfds_data_dir    where TFDS datasets live
+  --model_name     --config.model_name       a size-table name, e.g. ViT-B_16
+  --batch          --config.batch            global batch
+
+`--flag=value` and `--flag value` both work. A misspelt flag gets one line
+naming the nearest valid flags instead of a usage dump.
+"""
+
+import argparse
+import difflib
+import sys
+from typing import NoReturn, Optional, Sequence
+
+# Flags that are config keys of vit_jax.main: name -> argparse settings.
+SHARED_FLAGS = {
+    'dataset': dict(help='TFDS name or image folder'),
+    'tfds_data_dir': dict(help='where TFDS datasets live (default: '
+                               '$TFDS_DATA_DIR or TFDS\'s own)'),
+    'model_name': dict(help='a size-table name, e.g. ViT-B_16'),
+    'batch': dict(type=int, help='global batch (all devices and hosts)'),
+}
+
+
+def nearest_flags(flag: str, known: Sequence[str]) -> list[str]:
+  """The valid flags closest to a misspelt one (at most three)."""
+  return difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse with exact flag names (no abbreviations) and one-line errors."""
+
+  def __init__(self, prog: str, description: str, **kwargs):
+    super().__init__(prog=prog, description=description, allow_abbrev=False,
+                     **kwargs)
+
+  def add_shared(self, name: str, **overrides):
+    """Adds one of SHARED_FLAGS as --NAME and --config.NAME."""
+    settings = {**SHARED_FLAGS[name], **overrides}
+    return self.add_argument(f'--{name}', f'--config.{name}', dest=name,
+                             **settings)
+
+  def add_model_source(self):
+    """--workdir (a finished vit_jax.main run) or --checkpoint (a file)."""
+    which = self.add_mutually_exclusive_group(required=True)
+    which.add_argument('--workdir', help='a finished vit_jax.main run')
+    which.add_argument('--checkpoint',
+                       help='a parameter file in any layout (or a workdir)')
+
+  def known_flags(self) -> list[str]:
+    return [s for action in self._actions for s in action.option_strings
+            if s.startswith('--')]
+
+  def error(self, message: str) -> NoReturn:
+    """One line: what was wrong and the nearest valid flags; exit status 2."""
+    unknown = _unrecognized(message)
+    if unknown:
+      close = nearest_flags(unknown.split('=')[0], self.known_flags())
+      hint = f' Did you mean: {", ".join(close)}?' if close else ''
+      message = f'unknown flag {unknown}.{hint}'
+    self.exit(2, f'Error: {message} (see {self.prog} --help)\n')
+
+
+def _unrecognized(message: str) -> Optional[str]:
+  """The first unknown flag named in argparse's message, if that is it."""
+  prefix = 'unrecognized arguments: '
+  if not message.startswith(prefix):
+    return None
+  flags = [a for a in message[len(prefix):].split() if a.startswith('-')]
+  return flags[0] if flags else message[len(prefix):].split()[0]
+
+
+def as_config_overrides(argv: Sequence[str]) -> list[str]:
+  """vit_jax.main's argv with the short shared names made config keys:
+  `--dataset=X` or `--dataset X` becomes `--config.dataset=X`."""
+  out, args = [], list(argv)
+  while args:
+    arg = args.pop(0)
+    name, eq, value = arg[2:].partition('=')
+    if arg.startswith('--') and name in SHARED_FLAGS:
+      if not eq:
+        if not args:
+          sys.exit(f'Error: --{name} needs a value.')
+        value = args.pop(0)
+      arg = f'--config.{name}={value}'
+    out.append(arg)
+  return out
