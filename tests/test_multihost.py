@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import run_cli
 from vit_jax import checkpoint
-from vit_jax import main
+from vit_jax import cli
 
 
 def _args(workdir, data):
@@ -93,13 +93,13 @@ def test_two_processes_train_the_parameters_of_one(tmp_path, image_folder):
 
 
 def test_flags_name_the_coordinator_explicitly():
-  assert main.distributed_args('10.0.0.1:1234', 4, 3, {}) == {
+  assert cli.distributed_args('10.0.0.1:1234', 4, 3, {}) == {
       'coordinator_address': '10.0.0.1:1234', 'num_processes': 4,
       'process_id': 3}
   with pytest.raises(app.UsageError, match='also pass --num_processes'):
-    main.distributed_args('10.0.0.1:1234', None, 0, {})
+    cli.distributed_args('10.0.0.1:1234', None, 0, {})
   with pytest.raises(app.UsageError, match='must be in'):
-    main.distributed_args('10.0.0.1:1234', 2, 2, {})
+    cli.distributed_args('10.0.0.1:1234', 2, 2, {})
 
 
 @pytest.mark.parametrize('environ, expected', [
@@ -113,4 +113,4 @@ def test_flags_name_the_coordinator_explicitly():
     ({'TPU_WORKER_HOSTNAMES': 'localhost'}, None),
 ])
 def test_clusters_are_detected_from_the_environment(environ, expected):
-  assert main.distributed_args(None, None, None, environ) == expected
+  assert cli.distributed_args(None, None, None, environ) == expected

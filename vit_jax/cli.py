@@ -16,8 +16,12 @@ naming the nearest valid flags instead of a usage dump.
 
 import argparse
 import difflib
+import importlib.util
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Any, Mapping, NoReturn, Optional, Sequence
+
+from absl import app
+from absl import flags
 
 # Flags that are config keys of vit_jax.main: name -> argparse settings.
 SHARED_FLAGS = {
@@ -92,3 +96,83 @@ def as_config_overrides(argv: Sequence[str]) -> list[str]:
       arg = f'--config.{name}={value}'
     out.append(arg)
   return out
+
+
+# ------------------------------------------------------ vit_jax.main only --
+
+
+def distributed_args(coordinator_address: Optional[str],
+                     num_processes: Optional[int], process_id: Optional[int],
+                     environ: Mapping[str, str]) -> Optional[dict[str, Any]]:
+  """Arguments for jax.distributed.initialize, or None for a single process.
+
+  Explicit flags win; otherwise a SLURM job step with several tasks or a
+  multi-host Cloud TPU slice is left to JAX's own cluster detection ({}).
+  """
+  explicit = {'coordinator_address': coordinator_address,
+              'num_processes': num_processes, 'process_id': process_id}
+  given = {k: v for k, v in explicit.items() if v is not None}
+  if given:
+    missing = sorted(set(explicit) - set(given))
+    if missing:
+      raise app.UsageError(
+          'Multi-host flags go together: also pass '
+          + ', '.join(f'--{m}' for m in missing) + '.')
+    if not 0 <= process_id < num_processes:
+      raise app.UsageError(f'--process_id={process_id} must be in [0, '
+                           f'{num_processes}).')
+    return given
+  slurm_tasks = environ.get('SLURM_NTASKS') or environ.get('SLURM_NPROCS')
+  if ('SLURM_JOB_ID' in environ and 'SLURM_STEP_NODELIST' in environ
+      and slurm_tasks and int(slurm_tasks) > 1):
+    return {}
+  tpu_hosts = environ.get('TPU_WORKER_HOSTNAMES', '')
+  if ',' in tpu_hosts or environ.get('MEGASCALE_COORDINATOR_ADDRESS'):
+    return {}
+  return None
+
+
+def _all_keys(config, prefix=''):
+  for key, value in config.items():
+    yield prefix + key
+    if hasattr(value, 'items'):
+      yield from _all_keys(value, prefix + key + '.')
+
+
+def _config_overrides(argv) -> list[str]:
+  return [a[len('--config.'):].split('=', 1)[0] for a in argv
+          if a.startswith('--config.')]
+
+
+def _load_config_file(argv):
+  """The config named by --config, loaded directly (for error hints only)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      value = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+  path, _, arg = value.partition(':')
+  spec = importlib.util.spec_from_file_location('_config_for_hint', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_flags_or_explain(flag_values, argv):
+  """Parses flags; an unknown --config.key exits with one clear line.
+
+  Returns the remaining arguments, for `app.run` (which must not parse the
+  flags again: config_flags would define each --config.key override twice).
+  """
+  try:
+    return flag_values(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    unknown = [k for k in _config_overrides(argv) if repr(k.split('.')[-1])
+               in str(e)]
+    if not unknown:
+      sys.exit(f'Error: {e}')
+    keys = list(_all_keys(_load_config_file(argv)))
+    close = difflib.get_close_matches(unknown[0], keys, n=3, cutoff=0.5)
+    hint = f' Did you mean: {", ".join(close)}?' if close else ''
+    sys.exit(f'Error: unknown config key {unknown[0]!r} (the config is '
+             f'locked).{hint}')

@@ -9,6 +9,7 @@ Only process 0 shows anything.
 """
 
 import contextlib
+import logging as std_logging
 import math
 import os
 import shutil
@@ -207,3 +208,28 @@ def summary_table(summary: dict[str, float], workdir: str,
 
 def eval_batches(num_examples: int, batch: int) -> int:
   return math.ceil(num_examples / batch)
+
+
+# ------------------------------------------------ what the console shows --
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # vit_jax/
+
+
+class OwnInfoOnly(std_logging.Filter):
+  """Passes warnings and errors from anywhere, INFO and below from vit_jax
+  only: orbax, JAX and TensorFlow log through the same (absl) handler."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING or
+            os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+
+
+def quiet_libraries(verbose: bool):
+  """Libraries' start-up and per-checkpoint chatter off the console, unless
+  --verbose. Before TensorFlow is imported: its C++ logging (and XLA's)
+  reads TF_CPP_MIN_LOG_LEVEL once (1: warnings and errors)."""
+  if verbose:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  logging.get_absl_handler().addFilter(OwnInfoOnly())
