@@ -58,6 +58,16 @@ class Parser(argparse.ArgumentParser):
     which.add_argument('--checkpoint',
                        help='a parameter file in any layout (or a workdir)')
 
+  def add_trained_model(self):
+    """Where the model is (--workdir or --checkpoint), what it must be
+    (--model_name) and its class names (--labels)."""
+    self.add_model_source()
+    self.add_shared('model_name', help='for a bare file: check it is this '
+                    'size (e.g. ViT-B_16)')
+    self.add_argument('--labels', default=None,
+                      help='file with one class name per line (overrides '
+                           'the names saved with the run)')
+
   def known_flags(self) -> list[str]:
     return [s for action in self._actions for s in action.option_strings
             if s.startswith('--')]

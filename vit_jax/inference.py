@@ -159,6 +159,12 @@ class TrainedModel:
     return self.model.num_classes
 
 
+def load_from_args(args) -> TrainedModel:
+  """The model named by cli.Parser.add_trained_model's flags."""
+  return load_model(args.workdir or args.checkpoint, args.model_name,
+                    args.labels)
+
+
 def load_model(path: str, model_name: Optional[str] = None,
                labels_file: Optional[str] = None) -> TrainedModel:
   """A workdir (model.npz + run.json) or a parameter file -> TrainedModel."""

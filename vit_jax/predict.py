@@ -25,12 +25,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = cli.Parser('python -m vit_jax.predict', __doc__.split('\n')[0])
   parser.add_argument('images', nargs='+', metavar='IMAGE',
                       help='image files (JPEG, PNG, ...; any size)')
-  parser.add_model_source()
-  parser.add_shared('model_name', help='for a bare file: check it is this '
-                    'size (ViT-B_16)')
-  parser.add_argument('--labels', default=None,
-                      help='file with one class name per line (overrides '
-                           'the names saved with the run)')
+  parser.add_trained_model()
   parser.add_argument('--top_k', type=int, default=5)
   parser.add_argument('--json', action='store_true',
                       help='print one JSON object per image instead')
@@ -40,8 +35,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   try:
-    trained = inference.load_model(args.workdir or args.checkpoint, args.model_name,
-                                   args.labels)
+    trained = inference.load_from_args(args)
     results = inference.predict_files(trained, args.images,
                                       min(args.top_k, trained.num_classes))
   except (image_io.ImageError, checkpoint.CheckpointError, FileNotFoundError,

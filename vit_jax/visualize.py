@@ -20,20 +20,15 @@ from vit_jax import inference
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = cli.Parser('python -m vit_jax.visualize', __doc__.split('\n')[0])
   parser.add_argument('image', metavar='IMAGE', help='an image file')
-  parser.add_model_source()
+  parser.add_trained_model()
   parser.add_argument('--out', required=True, help='PNG file to write')
-  parser.add_shared('model_name', help='for a bare file: check it is this '
-                    'size')
-  parser.add_argument('--labels', default=None,
-                      help='file with one class name per line')
   return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   try:
-    trained = inference.load_model(args.workdir or args.checkpoint, args.model_name,
-                                   args.labels)
+    trained = inference.load_from_args(args)
     explain.visualize_file(trained, args.image, args.out)
   except (image_io.ImageError, checkpoint.CheckpointError, FileNotFoundError,
           ValueError) as e:
