@@ -23,10 +23,9 @@ setuptools.setup(
         'etils[epath]',  # Remote paths (gs://) for checkpoints.
         'safetensors>=0.4',  # timm / transformers weights without torch.
         'huggingface_hub>=0.24',  # Weights from the Hugging Face Hub.
-        'tensorboard',  # Event files written during training (via clu).
-        'clu>=0.0.12',
+        'tensorboard',  # Its event-file writer: TensorBoard logs (metrics.py).
         'pillow',
-        'matplotlib',  # Confusion matrices and attention maps.
+        'matplotlib',  # Training curves, confusion matrices, attention maps.
         'tqdm',
     ],
     extras_require={
