@@ -86,3 +86,13 @@ def test_no_import_cycle_in_the_package():
   cycles = find_cycles(import_graph(os.path.join(REPO, PACKAGE)))
   assert not cycles, 'Import cycles in vit_jax/: ' + '; '.join(
       ' -> '.join(cycle) for cycle in cycles)
+
+
+COMMAND_LINES = ('main', 'evaluate', 'predict', 'visualize', 'benchmark')
+
+
+def test_no_module_of_the_package_imports_a_command_line():
+  graph = import_graph(os.path.join(REPO, PACKAGE))
+  importers = {f'{module} imports {cli}' for module, imported in graph.items()
+               for cli in COMMAND_LINES if cli in imported}
+  assert not importers, sorted(importers)
