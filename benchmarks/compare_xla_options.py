@@ -1,6 +1,6 @@
 """Our step compiled with different XLA options, timed alternately in one process.
 
-  python benchmarks/compare_xla_options.py --model ViT-Ti_16 --mode train \
+  python benchmarks/compare_xla_options.py --model_name ViT-Ti_16 --mode train \
       --batch 32 --opts '{}' --opts '{"xla_cpu_experimental_ynn_fusion_type": ""}' --opts '{}'
 
 Each `--opts` is a JSON dict of XLA compile options (DebugOptions fields)
@@ -44,7 +44,7 @@ def compiled_runner(bench_args, options: dict) -> speed.JaxRunner:
 
 def main():
   args = parse_args()
-  bench_args = benchmark.parse_args(['--model', args.model, '--mode',
+  bench_args = benchmark.parse_args(['--model_name', args.model, '--mode',
                                      args.mode, '--batch', str(args.batch)])
   options = [json.loads(text) for text in args.opts]
   runners = [compiled_runner(bench_args, o) for o in options]
