@@ -21,7 +21,7 @@ from vit_jax import speed
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--model', default='ViT-Ti_16')
+  parser.add_argument('--model_name', default='ViT-Ti_16')
   parser.add_argument('--mode', choices=('train', 'infer'), default='train')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--rounds', type=int, default=4)
@@ -44,7 +44,7 @@ def compiled_runner(bench_args, options: dict) -> speed.JaxRunner:
 
 def main():
   args = parse_args()
-  bench_args = benchmark.parse_args(['--model_name', args.model, '--mode',
+  bench_args = benchmark.parse_args(['--model_name', args.model_name, '--mode',
                                      args.mode, '--batch', str(args.batch)])
   options = [json.loads(text) for text in args.opts]
   runners = [compiled_runner(bench_args, o) for o in options]
