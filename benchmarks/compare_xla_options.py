@@ -12,11 +12,14 @@ is the run-to-run noise. Ratios are medians of per-round ratios to the first.
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
-from vit_jax import benchmark
-from vit_jax import speed
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+from vit_jax import benchmark  # pylint: disable=g-import-not-at-top
+from vit_jax import speed  # pylint: disable=g-import-not-at-top
 
 
 def parse_args():
