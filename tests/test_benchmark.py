@@ -8,7 +8,7 @@ from vit_jax import benchmark
 from vit_jax import models
 from vit_jax import speed
 
-_TINY = ['--model', 'testing', '--image_size', '32', '--batch', '4',
+_TINY = ['--model_name', 'testing', '--image_size', '32', '--batch', '4',
          '--steps', '2', '--warmup', '1', '--rounds', '2']
 
 

@@ -41,14 +41,34 @@ def _params(workdir):
                                                          'model.npz')))
 
 
-def test_killed_and_resumed_run_ends_bit_identical(tmp_path, image_folder):
+def test_resumed_runs_end_bit_identical_to_a_straight_one(tmp_path,
+                                                          image_folder):
+  """One straight run (with --verbose) against a killed-and-resumed run and
+  against a budgeted run killed and resumed with a higher step limit."""
   straight = str(tmp_path / 'straight')
-  _finish(run_cli(_args(straight, image_folder)))
+  output = _finish(run_cli(_args(straight, image_folder, '--verbose')))
+  # --verbose brings back the libraries' lines and the config.
+  assert 'checkpoint_manager.py' in output and 'Config:' in output
   resumed = str(tmp_path / 'resumed')
   _kill_after_checkpoint(run_cli(_args(resumed, image_folder)), resumed, 2)
   output = _finish(run_cli(_args(resumed, image_folder)))
   assert 'Resuming from the checkpoint of step' in output
   _assert_bit_identical(_params(straight), _params(resumed))
+  # 10 minutes fit far more than 8 steps of this model: the budget chooses
+  # the most it may, total_steps=8; 4 evaluations: every 2 steps.
+  budgeted = str(tmp_path / 'budgeted')
+  timed = ['--config.train_minutes=10', '--config.eval_count=4']
+  process = run_cli(_args(budgeted, image_folder, *timed))
+  _kill_after_checkpoint(process, budgeted, 2)
+  with open(os.path.join(budgeted, 'budget.json')) as f:
+    assert json.load(f)['total_steps'] == 8
+  # Measured again, a limit of 20 would be chosen: the stored 8 must win.
+  output = _finish(run_cli(_args(budgeted, image_folder, *timed,
+                                 '--config.total_steps=20')))
+  assert 'Keeping total_steps=8' in output
+  assert 'Resuming from the checkpoint of step' in output
+  # Evaluations and checkpoints do not change training: the same parameters.
+  _assert_bit_identical(_params(straight), _params(budgeted))
 
 
 def _assert_bit_identical(expected, actual):
@@ -67,26 +87,6 @@ def _kill_after_checkpoint(process, workdir, step):
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not os.path.exists(os.path.join(workdir, 'model.npz'))
-
-
-def test_time_budget_total_is_kept_on_resume_bit_identical(tmp_path,
-                                                           image_folder):
-  # 10 minutes fit far more than 8 steps of this model: the budget chooses
-  # the most it may, total_steps=8; 4 evaluations: every 2 steps.
-  budgeted = str(tmp_path / 'budgeted')
-  timed = ['--config.train_minutes=10', '--config.eval_count=4']
-  process = run_cli(_args(budgeted, image_folder, *timed))
-  _kill_after_checkpoint(process, budgeted, 2)
-  with open(os.path.join(budgeted, 'budget.json')) as f:
-    assert json.load(f)['total_steps'] == 8
-  # Measured again, a limit of 20 would be chosen: the stored 8 must win.
-  output = _finish(run_cli(_args(budgeted, image_folder, *timed,
-                                 '--config.total_steps=20')))
-  assert 'Keeping total_steps=8' in output
-  assert 'Resuming from the checkpoint of step' in output
-  plain = str(tmp_path / 'plain')  # No budget, the same schedule.
-  _finish(run_cli(_args(plain, image_folder, '--config.eval_count=4')))
-  _assert_bit_identical(_params(plain), _params(budgeted))
 
 
 def test_four_devices_give_the_parameters_of_one(tmp_path, image_folder):
@@ -189,13 +189,6 @@ def test_a_log_file_gets_our_lines_only_and_curves_at_each_evaluation(
     assert json.load(f)['model']['num_layers'] == 1
   assert 'Training testing from step 0 to 8: ' in output
   assert len(lines) <= 20, output
-
-
-def test_verbose_brings_the_library_lines_back(tmp_path, image_folder):
-  output = _finish(run_cli(_quick_args(str(tmp_path / 'w'), image_folder,
-                                       '--config.total_steps=2',
-                                       '--verbose')))
-  assert 'checkpoint_manager.py' in output and 'Config:' in output
 
 
 def test_on_a_terminal_the_bar_updates_in_place(tmp_path, image_folder):
