@@ -6,6 +6,7 @@ from conftest import run_cli
 from vit_jax import benchmark
 from vit_jax import cli
 from vit_jax import evaluate
+from vit_jax import hub
 from vit_jax import predict
 from vit_jax import visualize
 
@@ -16,6 +17,7 @@ COMMANDS = {
     'visualize': (visualize.parse_args,
                   ['--workdir', 'runs/x', 'cat.jpg', '--out', 'a.png']),
     'benchmark': (benchmark.parse_args, []),
+    'hub': (hub.parse_args, ['fetch', 'ViT-B_16']),
 }
 # The shared flags each command takes.
 SHARED = {
@@ -24,6 +26,7 @@ SHARED = {
     'predict': {'model_name': 'ViT-B_16'},
     'visualize': {'model_name': 'ViT-B_16'},
     'benchmark': {'model_name': 'ViT-Ti_16', 'batch': 32},
+    'hub': {'pretrained_dir': '/weights'},
 }
 
 
@@ -51,6 +54,7 @@ def test_shared_flags_parse_the_same_in_every_spelling(command):
     ('predict', '--modle_name=ViT-B_16', '--model_name'),
     ('visualize', '--label=names.txt', '--labels'),
     ('benchmark', '--model=ViT-B_16', '--model_name'),
+    ('hub', '--cache-dir=/tmp/w', '--cache_dir'),
 ])
 def test_misspelt_flag_gets_one_line_with_the_nearest_names(
     command, misspelt, suggested, capsys):
@@ -68,8 +72,8 @@ def test_misspelt_flag_gets_one_line_with_the_nearest_names(
 def test_abbreviated_flags_are_refused(command, capsys):
   parse, required = COMMANDS[command]
   with pytest.raises(SystemExit):
-    parse(required + ['--model_n=ViT-B_16'])
-  assert '--model_name' in capsys.readouterr().err
+    parse(required + ['--model_n=ViT-B_16', '--pretrained_d=/w'])
+  assert capsys.readouterr().err.startswith('Error: unknown flag --')
 
 
 def test_workdir_and_checkpoint_exclude_each_other(capsys):

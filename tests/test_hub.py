@@ -253,10 +253,10 @@ def test_own_file_is_converted_into_place_and_force_replaces(tmp_path):
   out = tmp_path / 'out'
   out.mkdir()
   (out / 'testing.npz').write_bytes(b'old')
-  assert hub.main(['fetch', 'testing', '--dir', str(out), '--quiet',
+  assert hub.main(['fetch', 'testing', '--pretrained_dir', str(out), '--quiet',
                    '--source', mine]) == 0
   assert (out / 'testing.npz').read_bytes() == b'old'  # Kept without --force.
-  assert hub.main(['fetch', 'testing', '--dir', str(out), '--quiet',
+  assert hub.main(['fetch', 'testing', '--pretrained_dir', str(out), '--quiet',
                    '--source', mine, '--force']) == 0
   loaded = checkpoint.load(str(out / 'testing.npz'))
   np.testing.assert_array_equal(loaded['cls'], params['cls'])
@@ -409,7 +409,7 @@ def test_cli_fetch_uses_the_table_bucket_then_hub(server, tmp_path):
   out = tmp_path / 'checkpoints'
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.hub', 'fetch', 'ViT-B_16',
-       '--dir', str(out), '--quiet'], env=env, capture_output=True,
+       '--pretrained_dir', str(out), '--quiet'], env=env, capture_output=True,
       text=True, timeout=120, check=False,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert result.returncode == 0, result.stderr
@@ -426,7 +426,7 @@ def test_cli_fetch_uses_the_table_bucket_then_hub(server, tmp_path):
 
 
 def test_cli_failure_exits_1_with_the_message(tmp_path, capsys):
-  code = hub.main(['fetch', 'ViT-B_16', '--dir', str(tmp_path), '--quiet',
+  code = hub.main(['fetch', 'ViT-B_16', '--pretrained_dir', str(tmp_path), '--quiet',
                    '--source', _closed_port_url()])
   assert code == 1
   assert 'offline?' in capsys.readouterr().err

@@ -9,6 +9,7 @@ command:
   --tfds_data_dir  --config.tfds_data_dir    where TFDS datasets live
   --model_name     --config.model_name       a size-table name, e.g. ViT-B_16
   --batch          --config.batch            global batch
+  --pretrained_dir --config.pretrained_dir   where pretrained weights live
 
 `--flag=value` and `--flag value` both work. A misspelt flag gets one line
 naming the nearest valid flags instead of a usage dump.
@@ -30,6 +31,8 @@ SHARED_FLAGS = {
                                '$TFDS_DATA_DIR or TFDS\'s own)'),
     'model_name': dict(help='a size-table name, e.g. ViT-B_16'),
     'batch': dict(type=int, help='global batch (all devices and hosts)'),
+    'pretrained_dir': dict(help='folder (local, gs://, https://) with '
+                                '<model_name>.npz'),
 }
 
 
@@ -41,7 +44,8 @@ def nearest_flags(flag: str, known: Sequence[str]) -> list[str]:
 class Parser(argparse.ArgumentParser):
   """argparse with exact flag names (no abbreviations) and one-line errors."""
 
-  def __init__(self, prog: str, description: str, **kwargs):
+  def __init__(self, prog: str, description: Optional[str] = None,
+               **kwargs):
     super().__init__(prog=prog, description=description, allow_abbrev=False,
                      **kwargs)
 
@@ -69,8 +73,14 @@ class Parser(argparse.ArgumentParser):
                            'the names saved with the run)')
 
   def known_flags(self) -> list[str]:
-    return [s for action in self._actions for s in action.option_strings
-            if s.startswith('--')]
+    """Every --flag, of the sub-commands too (`hub fetch`)."""
+    flags = []
+    for action in self._actions:
+      flags += [s for s in action.option_strings if s.startswith('--')]
+      if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+        for sub in action.choices.values():
+          flags += sub.known_flags()
+    return sorted(set(flags))
 
   def error(self, message: str) -> NoReturn:
     """One line: what was wrong and the nearest valid flags; exit status 2."""

@@ -20,11 +20,10 @@ transformers layout, so there is no second copy. A file of your own
 (`--source`) is written as `{name}.npz` in the vit_jax layout, where
 fine-tuning looks. Tests point the bucket and the Hub at 127.0.0.1.
 
-CLI: python -m vit_jax.hub fetch ViT-B_16 [--dir checkpoints]
+CLI: python -m vit_jax.hub fetch ViT-B_16 [--pretrained_dir checkpoints]
      python -m vit_jax.hub sources
 """
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -43,6 +42,7 @@ import zipfile
 from typing import Optional, Sequence
 
 from vit_jax import checkpoint
+from vit_jax import cli
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +567,7 @@ def _failure_message(name: str, dest: str, tried) -> str:
       'own .npz/.safetensors in the vit_jax, big_vision, timm or transformers '
       'layout) and either',
       f'  put a vit_jax/big_vision .npz at {dest}, or',
-      f'  run: python -m vit_jax.hub fetch {name} --dir '
+      f'  run: python -m vit_jax.hub fetch {name} --pretrained_dir '
       f'{os.path.dirname(dest) or "."} --source /path/to/file',
       'See checkpoints/README.md.']
   return '\n'.join(lines)
@@ -587,29 +587,32 @@ def parse_source(text: str) -> Source:
   return Source('file', text)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parse_args(argv: Optional[Sequence[str]] = None):
   """`fetch NAME` gets weights; `sources` prints the table."""
-  parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.hub',
-      description='Get pretrained ViT weights (see checkpoints/README.md).')
+  parser = cli.Parser(
+      'python -m vit_jax.hub',
+      'Get pretrained ViT weights (see checkpoints/README.md).')
   commands = parser.add_subparsers(dest='command', required=True)
   get = commands.add_parser(
       'fetch', help='get the weights of NAME; prints where they are')
   get.add_argument('name', help='e.g. ViT-B_16')
-  get.add_argument('--dir', default=DEFAULT_DIR,
-                   help='pretrained_dir: local, gs:// or https://')
-  get.add_argument('--cache-dir', default=DEFAULT_DIR,
-                   help='where files go when --dir is remote')
+  get.add_shared('pretrained_dir', default=DEFAULT_DIR)
+  get.add_argument('--cache_dir', default=DEFAULT_DIR,
+                   help='where files go when --pretrained_dir is remote')
   get.add_argument('--source', action='append', default=None,
                    help='try this instead of the table (URL, local file or '
                         'hf://org/repo/file[@rev]); repeatable')
-  get.add_argument('--hf-endpoint', default=None,
+  get.add_argument('--hf_endpoint', default=None,
                    help='Hugging Face Hub endpoint (default $HF_ENDPOINT)')
   get.add_argument('--force', action='store_true',
                    help='get the file again even if it is there')
   get.add_argument('--quiet', action='store_true', help='no progress bar')
   commands.add_parser('sources', help='list model names and their sources')
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
   if not log.handlers:  # Progress lines on stderr, without the root logger.
     log.addHandler(logging.StreamHandler())
     log.setLevel(logging.INFO)
@@ -619,7 +622,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   sources = None if args.source is None else [
       parse_source(s) for s in args.source]
   try:
-    path = fetch(args.name, args.dir, sources, cache_dir=args.cache_dir,
+    path = fetch(args.name, args.pretrained_dir, sources, cache_dir=args.cache_dir,
                  hf_endpoint=args.hf_endpoint, progress=not args.quiet,
                  force=args.force)
   except (FetchError, ValueError) as e:
