@@ -622,9 +622,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   sources = None if args.source is None else [
       parse_source(s) for s in args.source]
   try:
-    path = fetch(args.name, args.pretrained_dir, sources, cache_dir=args.cache_dir,
-                 hf_endpoint=args.hf_endpoint, progress=not args.quiet,
-                 force=args.force)
+    path = fetch(args.name, args.pretrained_dir, sources,
+                 cache_dir=args.cache_dir, hf_endpoint=args.hf_endpoint,
+                 progress=not args.quiet, force=args.force)
   except (FetchError, ValueError) as e:
     print(e, file=sys.stderr)
     return 1

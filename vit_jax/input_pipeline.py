@@ -30,6 +30,7 @@ import urllib.request
 from absl import logging
 import numpy as np
 
+from vit_jax import checkpoint
 from vit_jax import cluster
 from vit_jax import image_io
 
@@ -177,7 +178,7 @@ def _tfds_data_dir(config) -> str | None:
   else:
     return None  # TFDS's default (~/tensorflow_datasets).
   data_dir = os.path.expanduser(data_dir)
-  if '://' not in data_dir and not os.path.isdir(data_dir):
+  if not checkpoint.is_remote(data_dir) and not os.path.isdir(data_dir):
     raise DataError(
         f'TFDS data dir {data_dir!r} (from {origin}) does not exist. Point '
         '--config.tfds_data_dir or TFDS_DATA_DIR at the folder that holds '
