@@ -32,6 +32,7 @@ from vit_jax import layout
 from vit_jax import models
 from vit_jax import preprocess
 from vit_jax import sharding
+from vit_jax import xla_options
 
 RUN_FILE = 'run.json'
 MODEL_FILE = 'model.npz'
@@ -252,7 +253,7 @@ def make_eval_step(model, crop: int) -> Callable:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return logits.argmax(-1), losses
 
-  return jax.jit(eval_step)
+  return xla_options.jit(eval_step)
 
 
 def evaluate(eval_step, params, source: sharding.BatchSource,
@@ -325,7 +326,7 @@ def evaluate_split(trained: TrainedModel, config, split: str):
 def make_predict_fn(trained: TrainedModel):
   """uint8 [B,S,S,3] -> class probabilities [B, num_classes] (jitted)."""
 
-  @jax.jit
+  @xla_options.jit
   def probabilities(params, images_u8):
     images = preprocess.eval_images(images_u8, trained.image_size)
     logits = trained.model.apply({'params': params}, images, train=False)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import attention
+from vit_jax import layers
 
 # name -> (hidden_size, mlp_dim, num_heads, num_layers). One table for every size.
 MODEL_SIZES = {
@@ -143,7 +144,7 @@ class MlpBlock(nn.Module):
   def __call__(self, x_BxLxD, *, deterministic):
     dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=_xavier,
                                bias_init=_tiny_normal)
-    x = nn.gelu(dense(self.mlp_dim)(x_BxLxD), approximate=True)
+    x = layers.gelu_tanh(dense(self.mlp_dim)(x_BxLxD))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = dense(x_BxLxD.shape[-1])(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -173,7 +174,8 @@ class MultiHeadDotProductAttention(nn.Module):
   exist are in vit_jax/attention.py). 'xla' and 'cudnn' run
   `jax.nn.dot_product_attention` on B x L x H x K projections; 'explicit'
   computes softmax(QK^T/sqrt(K))V itself on B x H x L x K ones, from one
-  matmul for q, k and v together. The explicit form also runs whenever
+  matmul for q, k and v together, with the backward pass of
+  `layers.softmax_attention`. The explicit form also runs whenever
   attention weights are needed: with attention dropout, or when the caller
   asks for them by making the 'intermediates' collection mutable (they are
   then sown as `attention_weights`, B x H x L x L, for attention maps).
@@ -227,6 +229,8 @@ class MultiHeadDotProductAttention(nn.Module):
   def _explicit(self, q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, deterministic,
                 want_weights):
     """Softmax(QK^T/sqrt(K))V with the weights materialised."""
+    if not want_weights and (deterministic or self.dropout_rate == 0):
+      return layers.softmax_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK)
     scale = q_BxHxLxK.shape[-1] ** -0.5
     logits_BxHxLxL = jnp.einsum('bhqk,bhtk->bhqt', q_BxHxLxK * scale,
                                 k_BxHxLxK)
@@ -279,13 +283,13 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, x_BxLxD, deterministic):
     c = self.config
     drop_path = DropPath(self.drop_path_rate)
-    y = nn.LayerNorm(dtype=c.dtype, name='LayerNorm_0')(x_BxLxD)
+    y = layers.LayerNorm(dtype=c.dtype, name='LayerNorm_0')(x_BxLxD)
     y = MultiHeadDotProductAttention(
         c.num_heads, c.dtype, c.attention_dropout_rate, c.attention_impl,
         name='MultiHeadDotProductAttention_0')(y, deterministic=deterministic)
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     x_BxLxD = x_BxLxD + drop_path(y, deterministic=deterministic)
-    y = nn.LayerNorm(dtype=c.dtype, name='LayerNorm_1')(x_BxLxD)
+    y = layers.LayerNorm(dtype=c.dtype, name='LayerNorm_1')(x_BxLxD)
     y = MlpBlock(c.mlp_dim, c.dtype, c.dropout_rate, name='MlpBlock_0')(
         y, deterministic=deterministic)
     return x_BxLxD + drop_path(y, deterministic=deterministic)
@@ -309,7 +313,7 @@ class Encoder(nn.Module):
     for i in range(c.num_layers):
       rate = c.stochastic_depth * i / max(c.num_layers - 1, 1)
       x_BxLxD = block(c, rate, name=f'encoderblock_{i}')(x_BxLxD, not train)
-    return nn.LayerNorm(dtype=c.dtype, name='encoder_norm')(x_BxLxD)
+    return layers.LayerNorm(dtype=c.dtype, name='encoder_norm')(x_BxLxD)
 
 
 def keep_random_patches(rng, x_BxLxD, drop_fraction: float,

@@ -39,6 +39,7 @@ from vit_jax import progress
 from vit_jax import recovery
 from vit_jax import sharding
 from vit_jax import workdir_lock
+from vit_jax import xla_options
 
 
 def load_data(config) -> tuple[sharding.Split, sharding.Split]:
@@ -123,7 +124,7 @@ def make_train_step(model, tx, config, num_classes: int,
     return state.replace(step=state.step + 1, params=new_params,
                          opt_state=opt_state, ema_params=ema), (loss, finite)
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  return xla_options.jit(train_step, donate_argnums=(0,))
 
 
 def _fresh_state(model, tx, config, replicated) -> inference.TrainState:
