@@ -115,13 +115,18 @@ def softmax_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK):
   return _attention_forward(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK)[0]
 
 
-def _attention_forward(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK):
-  scale = q_BxHxLxK.shape[-1] ** -0.5
-  q_scaled = q_BxHxLxK * scale
+def attention_weights(q_BxHxLxK, k_BxHxLxK):
+  """softmax(QK^T/sqrt(K)), B x H x L x L, computed in float32."""
+  q_scaled = q_BxHxLxK * q_BxHxLxK.shape[-1] ** -0.5
   logits_BxHxLxL = jnp.einsum('bhqk,bhtk->bhqt', q_scaled, k_BxHxLxK)
-  weights_BxHxLxL = jax.nn.softmax(
+  return jax.nn.softmax(
       logits_BxHxLxL.astype(jnp.float32)).astype(q_BxHxLxK.dtype)
+
+
+def _attention_forward(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK):
+  weights_BxHxLxL = attention_weights(q_BxHxLxK, k_BxHxLxK)
   out_BxHxLxK = jnp.einsum('bhqt,bhtk->bhqk', weights_BxHxLxL, v_BxHxLxK)
+  q_scaled = q_BxHxLxK * q_BxHxLxK.shape[-1] ** -0.5
   return out_BxHxLxK, (q_scaled, k_BxHxLxK, v_BxHxLxK, weights_BxHxLxL,
                        out_BxHxLxK)
 
@@ -144,7 +149,7 @@ def _attention_backward(residuals, d_out_BxHxLxK):
   d_q = jnp.einsum('bhqt,bhtk->bhqk', d_logits, k) * scale
   d_k = jnp.einsum('bhtq,bhqk->bhtk', jnp.swapaxes(d_logits, -1, -2),
                    q_scaled)
-  return d_q.astype(q_scaled.dtype), d_k, d_v
+  return d_q, d_k, d_v
 
 
 softmax_attention.defvjp(_attention_forward, _attention_backward)

@@ -228,14 +228,11 @@ class MultiHeadDotProductAttention(nn.Module):
 
   def _explicit(self, q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, deterministic,
                 want_weights):
-    """Softmax(QK^T/sqrt(K))V with the weights materialised."""
+    """Softmax(QK^T/sqrt(K))V with the weights materialised: through
+    `layers.softmax_attention` unless the weights themselves are needed."""
     if not want_weights and (deterministic or self.dropout_rate == 0):
       return layers.softmax_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK)
-    scale = q_BxHxLxK.shape[-1] ** -0.5
-    logits_BxHxLxL = jnp.einsum('bhqk,bhtk->bhqt', q_BxHxLxK * scale,
-                                k_BxHxLxK)
-    weights_BxHxLxL = jax.nn.softmax(
-        logits_BxHxLxL.astype(jnp.float32)).astype(self.dtype)
+    weights_BxHxLxL = layers.attention_weights(q_BxHxLxK, k_BxHxLxK)
     if want_weights:
       self.sow('intermediates', 'attention_weights', weights_BxHxLxL)
     weights_BxHxLxL = nn.Dropout(self.dropout_rate)(
