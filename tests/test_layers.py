@@ -1,6 +1,8 @@
 """Tests for vit_jax.layers: forward passes op-for-op equal to the library
 versions they replace, backward passes equal to autodiff's."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from vit_jax import layers
+from vit_jax import xla_options
 
 
 def _normal(seed, shape, dtype=jnp.float32, scale=1.0):
@@ -85,3 +88,46 @@ def test_attention_matches_autodiff_of_the_plain_form(dtype, rtol):
   ours = grads(layers.softmax_attention)
   assert all(g.dtype == dtype for g in ours)
   _assert_close(ours, grads(_plain_attention), rtol=rtol)
+
+
+def _spread_out_tensors(hlo: str, size: int) -> list[str]:
+  """Top-level fusions with `size` elements that only spread smaller values
+  out: their root is a broadcast, or none of their operands has `size`
+  elements. Such a tensor is written only to be read again."""
+  roots, sizes = {}, {}
+  for body in re.split(r'\n(?=\S)', hlo):  # One chunk per computation.
+    name = re.match(r'(?:ENTRY )?%?([\w.\-]+)', body)
+    root = re.search(r'ROOT %?[\w.\-]+ = \w+\[[\d,]*\]\S* (\w+)\(', body)
+    if name and root:
+      roots[name.group(1)] = root.group(1)
+  entry = hlo[hlo.index('ENTRY'):]
+  for line in entry.splitlines():
+    defined = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]', line)
+    if defined:
+      dims = [int(d) for d in defined.group(2).split(',') if d]
+      sizes[defined.group(1)] = int(np.prod(dims))
+  found = []
+  for line in entry.splitlines():
+    fusion = re.match(
+        r'\s*%?([\w.\-]+) = \S+ fusion\(([^)]*)\).*calls=%?([\w.\-]+)', line)
+    if not fusion or sizes[fusion.group(1)] != size:
+      continue
+    operands = re.findall(r'%([\w.\-]+)', fusion.group(2))
+    if (roots.get(fusion.group(3)) == 'broadcast'
+        or all(sizes.get(name, 0) < size for name in operands)):
+      found.append(line.strip()[:120])
+  return found
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU fusions')
+def test_layer_norm_gradient_builds_no_full_size_broadcast_on_cpu():
+  # XLA:CPU used to end the statistics' fusion with rstd broadcast to the
+  # input's shape, and to broadcast the scale for the backward pass's
+  # reductions: tensors written only to be read again (BENCHMARKS.md).
+  x = _normal(0, (32, 197, 192))  # ViT-Ti/16's: fusion choices vary by size.
+  module = layers.LayerNorm()
+  params = module.init(jax.random.PRNGKey(0), x)
+  loss = lambda p, x, upstream: jnp.sum(module.apply(p, x) * upstream)
+  grad = xla_options.jit(jax.grad(loss, argnums=(0, 1)))
+  hlo = grad.lower(params, x, x).compile().as_text()
+  assert _spread_out_tensors(hlo, x.size) == []

@@ -8,7 +8,9 @@ what autodiff would keep for the backward pass and how much it re-reads:
   * LayerNorm keeps its input and two numbers per token, and computes the
     input gradient in one pass (dx = rstd * (g - mean(g) - xhat * mean(g *
     xhat)), g = dy * scale) instead of differentiating mean, variance and
-    rsqrt one by one.
+    rsqrt one by one. Optimization barriers after the per-token numbers
+    keep XLA:CPU from spreading them (or the scale) into full-size tensors
+    that are written only to be read again.
   * GELU keeps its input alone and recomputes tanh in the backward pass.
   * Attention keeps the softmax weights and the output, and uses
     rowsum(dP * P) = rowsum(dO * O) (FlashAttention's identity) for the
@@ -46,6 +48,10 @@ def _layer_norm_forward(x, scale, bias, epsilon, dtype):
   mean_sq = jnp.mean(jax.lax.square(x32), -1, keepdims=True)
   var = jnp.maximum(0.0, mean_sq - jax.lax.square(mean))
   rstd = jax.lax.rsqrt(var + epsilon)
+  # The barrier ends the statistics' fusion at the two per-token numbers.
+  # Without it XLA:CPU ends its reduction fusion with rstd broadcast to the
+  # input's full shape, a tensor written and read again for nothing.
+  mean, rstd = jax.lax.optimization_barrier((mean, rstd))
   y = (x32 - mean) * (rstd * scale) + bias
   return y.astype(dtype), (x, mean, rstd, scale)
 
@@ -55,9 +61,16 @@ def _layer_norm_backward(epsilon, dtype, residuals, dy):
   x, mean, rstd, scale = residuals
   xhat = (x.astype(mean.dtype) - mean) * rstd
   dy = dy.astype(mean.dtype)
-  g = dy * scale
-  dx = rstd * (g - jnp.mean(g, -1, keepdims=True)
-               - xhat * jnp.mean(g * xhat, -1, keepdims=True))
+  # mean(g) and mean(g * xhat), g = dy * scale, as matrix-vector products
+  # with the scale: no full-size broadcast of the scale is built for them,
+  # and the barrier keeps XLA from fusing them into the full-size result.
+  # HIGHEST: full float32 products on GPUs and TPUs too.
+  matvec = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+  width = x.shape[-1]
+  mean_g = matvec(dy, scale)[..., None] / width
+  mean_g_xhat = matvec(dy * xhat, scale)[..., None] / width
+  mean_g, mean_g_xhat = jax.lax.optimization_barrier((mean_g, mean_g_xhat))
+  dx = rstd * (dy * scale - mean_g - xhat * mean_g_xhat)
   token_axes = tuple(range(x.ndim - 1))
   return (dx.astype(x.dtype), jnp.sum(dy * xhat, token_axes).astype(
       scale.dtype), jnp.sum(dy, token_axes).astype(scale.dtype))
