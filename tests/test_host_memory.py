@@ -1,5 +1,6 @@
 """host_memory: large allocations on worker threads come from the heap."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -48,3 +49,60 @@ def test_will_run_on_cpu():
   assert not host_memory.will_run_on_cpu(None, ['xla_cuda12'])
   assert host_memory.will_run_on_cpu(None, [])
   assert host_memory.will_run_on_cpu('', [])
+
+
+_MADVISE_GLIBC = dict(on_cpu=True, glibc='glibc 2.36', thp_mode='madvise')
+
+
+def test_huge_pages_are_asked_for_on_cpu_under_madvise_with_new_glibc():
+  environ = {'PATH': '/bin'}
+  assert host_memory.huge_pages_environ(environ, **_MADVISE_GLIBC) == {
+      'PATH': '/bin', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+  assert environ == {'PATH': '/bin'}  # A new mapping; os.environ untouched.
+  assert host_memory.huge_pages_environ(
+      {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, **_MADVISE_GLIBC) == {
+          'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'}
+
+
+@pytest.mark.parametrize('change', [
+    dict(on_cpu=False),  # An accelerator's memory is not malloc's.
+    dict(thp_mode='always'),  # The kernel gives huge pages already.
+    dict(thp_mode='never'), dict(thp_mode=''),
+    dict(glibc='glibc 2.34'),  # Before the tunable existed.
+    dict(glibc=''), dict(glibc='musl 1.2'),
+])
+def test_huge_pages_are_left_alone_where_they_change_nothing(change):
+  assert host_memory.huge_pages_environ({}, **{**_MADVISE_GLIBC,
+                                               **change}) is None
+
+
+def test_a_users_own_huge_page_setting_wins():
+  for setting in ('glibc.malloc.hugetlb=0', 'glibc.malloc.hugetlb=1',
+                  'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0'):
+    assert host_memory.huge_pages_environ({'GLIBC_TUNABLES': setting},
+                                          **_MADVISE_GLIBC) is None
+
+
+_RERUN = textwrap.dedent("""
+    import os, sys
+    from vit_jax import host_memory
+    print(os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), sys.argv[1:],
+          flush=True)
+    host_memory.rerun_with_huge_pages(on_cpu=True)
+""")
+
+
+@pytest.mark.skipif(
+    host_memory.huge_pages_environ({}, on_cpu=True,
+                                   glibc=host_memory._glibc_version(),
+                                   thp_mode=host_memory._thp_mode()) is None,
+    reason='huge pages change nothing here (kernel or C library)')
+def test_rerun_replaces_the_process_once_with_the_tunable_set():
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  lines = subprocess.run([sys.executable, '-c', _RERUN, 'an-argument'],
+                         env=env, capture_output=True, text=True, check=True,
+                         timeout=120).stdout.splitlines()
+  first, second = (line.split(' ', 2) for line in lines)
+  assert first[0] == second[0]  # The same process: exec, not a child.
+  assert first[1:] == ['-', "['an-argument']"]
+  assert second[1:] == ['glibc.malloc.hugetlb=1', "['an-argument']"]

@@ -18,8 +18,10 @@ import argparse
 import json
 import os
 
+import jax
 from vit_jax import attention
 from vit_jax import cli
+from vit_jax import host_memory
 from vit_jax import speed
 
 
@@ -77,4 +79,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  # On CPU, huge pages for XLA's scratch memory, as `vit_jax.main` has them.
+  host_memory.rerun_with_huge_pages(host_memory.will_run_on_cpu(
+      jax.config.jax_platforms, host_memory.accelerator_plugins()))
   main()

@@ -385,6 +385,8 @@ def build_report(args, setup: Setup, speeds: list[float],
       'compiled_memory_gb': setup.compiled_memory_gb,
       'steps': args.steps, 'rounds': args.rounds, 'warmup': args.warmup,
       'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      # glibc.malloc.hugetlb=1 here: huge pages for XLA:CPU's scratch memory.
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'cpu': _cpu_name(), 'date': time.strftime('%Y-%m-%d'),
   }
   if timm:
