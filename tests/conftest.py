@@ -3,6 +3,7 @@
 import contextlib
 import http.server
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,17 @@ from PIL import Image
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hlo_computations(hlo: str) -> dict[str, str]:
+  """A compiled module's text (`.as_text()`), by computation name
+  (ENTRY's under its own name): each computation's lines."""
+  bodies = {}
+  for body in re.split(r'\n(?=\S)', hlo):  # A computation starts at column 0.
+    name = re.match(r'(?:ENTRY )?%?([\w.\-]+)', body)
+    if name:
+      bodies[name.group(1)] = body
+  return bodies
 
 
 def make_image_folder(root, num_classes=3, train_per_class=6,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import hlo_computations
 from vit_jax import layers
 from vit_jax import xla_options
 
@@ -95,11 +96,10 @@ def _spread_out_tensors(hlo: str, size: int) -> list[str]:
   out: their root is a broadcast, or none of their operands has `size`
   elements. Such a tensor is written only to be read again."""
   roots, sizes = {}, {}
-  for body in re.split(r'\n(?=\S)', hlo):  # One chunk per computation.
-    name = re.match(r'(?:ENTRY )?%?([\w.\-]+)', body)
+  for name, body in hlo_computations(hlo).items():
     root = re.search(r'ROOT %?[\w.\-]+ = \w+\[[\d,]*\]\S* (\w+)\(', body)
-    if name and root:
-      roots[name.group(1)] = root.group(1)
+    if root:
+      roots[name] = root.group(1)
   entry = hlo[hlo.index('ENTRY'):]
   for line in entry.splitlines():
     defined = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]', line)

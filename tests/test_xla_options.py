@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import hlo_computations
 from vit_jax import inference
 from vit_jax import models
 from vit_jax import xla_options
@@ -33,13 +34,8 @@ def _dots_in_ynn_fusions(hlo: str) -> int:
   """Dots inside the computations that YNNPACK fusions call."""
   called = set(re.findall(r'kind=kCustom, calls=%?([\w.\-]+)[^\n]*__ynn_fusion',
                           hlo))
-  bodies = re.split(r'\n(?=\S)', hlo)  # One chunk per computation.
-  count = 0
-  for body in bodies:
-    name = re.match(r'(?:ENTRY )?%?([\w.\-]+)', body)
-    if name and name.group(1) in called:
-      count += len(re.findall(r' dot\(', body))
-  return count
+  return sum(len(re.findall(r' dot\(', body))
+             for name, body in hlo_computations(hlo).items() if name in called)
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU options')
