@@ -24,6 +24,8 @@ def test_report_has_positive_speed_flops_and_mfu(mode):
     assert report[key] > 0, key
   assert report['peak_source'] == 'flag'
   assert 'timm' not in report
+  load = report['load_average_at_start']  # Linux has load averages.
+  assert len(load) == 3 and all(value >= 0 for value in load), load
 
 
 def test_train_counts_three_forward_passes():

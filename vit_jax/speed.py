@@ -350,7 +350,9 @@ def _peak_memory() -> tuple[Optional[float], str]:
 
 def build_report(args, setup: Setup, speeds: list[float],
                  model_config: models.ViTConfig,
-                 timm: Optional[tuple[Setup, list[float]]]) -> dict[str, Any]:
+                 timm: Optional[tuple[Setup, list[float]]],
+                 load_at_start: Optional[list[float]] = None
+                 ) -> dict[str, Any]:
   """All numbers of a run, JSON-serialisable."""
   device = jax.devices()[0]
   devices = jax.device_count()
@@ -388,6 +390,8 @@ def build_report(args, setup: Setup, speeds: list[float],
       # glibc.malloc.hugetlb=1 here: huge pages for XLA:CPU's scratch memory.
       'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'cpu': _cpu_name(), 'date': time.strftime('%Y-%m-%d'),
+      # Other work on the machine moves both libraries' speeds, not equally.
+      'load_average_at_start': load_at_start,
   }
   if timm:
     timm_setup, timm_speeds = timm
@@ -402,6 +406,14 @@ def build_report(args, setup: Setup, speeds: list[float],
             a / b for a, b in zip(speeds, timm_speeds)),
     })
   return report
+
+
+def host_load() -> Optional[list[float]]:
+  """The 1-, 5- and 15-minute load averages; None where the OS has none."""
+  try:
+    return [round(load, 2) for load in os.getloadavg()]
+  except (OSError, AttributeError):
+    return None
 
 
 def _cpu_name() -> str:
@@ -425,6 +437,9 @@ def format_table(report: dict[str, Any]) -> str:
                 f"({report['attention_used']})"),
       ('device', f"{report['devices']} x {report['device_kind']} "
                  f"({report['backend']}; {report['cpu']})"),
+      ('host load', 'at start, 1/5/15 min: ' + (
+          ', '.join(f'{load:.2f}' for load in report['load_average_at_start'])
+          if report['load_average_at_start'] else '-')),
       ('img/s', f"{report['img_per_s']:.2f} (per device "
                 f"{report['img_per_s_per_device']:.2f}; rounds "
                 + ', '.join(f'{s:.2f}' for s in report['rounds_img_per_s'])
@@ -457,6 +472,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def run(args) -> dict[str, Any]:
   """Builds, compiles and times the runners; returns the report."""
+  load_at_start = host_load()
   if args.compare == 'timm':
     _import_timm()  # Before minutes of compiling, not after.
   ours = JaxRunner(args)
@@ -472,4 +488,5 @@ def run(args) -> dict[str, Any]:
   if timm_setup:
     timm_setup.peak_memory_gb = runners[1].peak_memory_gb()
     timm = (timm_setup, speeds[1])
-  return build_report(args, setup, speeds[0], ours.model_config, timm)
+  return build_report(args, setup, speeds[0], ours.model_config, timm,
+                      load_at_start)
