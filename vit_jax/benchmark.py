@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 
-import jax
 from vit_jax import attention
 from vit_jax import cli
 from vit_jax import host_memory
@@ -80,6 +79,5 @@ def main(argv=None):
 
 if __name__ == '__main__':
   # On CPU, huge pages for XLA's scratch memory, as `vit_jax.main` has them.
-  host_memory.rerun_with_huge_pages(host_memory.will_run_on_cpu(
-      jax.config.jax_platforms, host_memory.accelerator_plugins()))
+  host_memory.rerun_with_huge_pages(host_memory.this_process_runs_on_cpu())
   main()

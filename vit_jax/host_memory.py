@@ -33,6 +33,8 @@ import os
 import sys
 from typing import Mapping, Optional
 
+import jax
+
 # mallopt() parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -65,6 +67,12 @@ def will_run_on_cpu(platforms: Optional[str], plugins: list[str]) -> bool:
   if platforms:
     return platforms.split(',')[0] == 'cpu'
   return not plugins
+
+
+def this_process_runs_on_cpu() -> bool:
+  """`will_run_on_cpu` for this process: JAX's platforms setting and the
+  plugins installed here. Reads config only; JAX's backend stays unstarted."""
+  return will_run_on_cpu(jax.config.jax_platforms, accelerator_plugins())
 
 
 def reuse_freed_memory() -> bool:

@@ -62,11 +62,6 @@ def _initialize_distributed():
       logging.set_verbosity(logging.WARNING)
 
 
-def _runs_on_cpu() -> bool:
-  return host_memory.will_run_on_cpu(jax.config.jax_platforms,
-                                     host_memory.accelerator_plugins())
-
-
 def _keep_tensorflow_off_accelerators():
   """tf.data runs on the CPU; the accelerators belong to JAX."""
   if 'tensorflow' in sys.modules:
@@ -78,7 +73,8 @@ def main(argv, started: float):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   progress.quiet_libraries(_VERBOSE.value)
-  reuse_memory = (_CONFIG.value.reuse_host_memory and _runs_on_cpu() and
+  reuse_memory = (_CONFIG.value.reuse_host_memory and
+                  host_memory.this_process_runs_on_cpu() and
                   host_memory.reuse_freed_memory())
   _initialize_distributed()
   _keep_tensorflow_off_accelerators()
@@ -107,7 +103,7 @@ def _explained_errors() -> tuple[type[Exception], ...]:
 
 def run():
   # On CPU: once more, with huge pages for malloc (host_memory.py).
-  host_memory.rerun_with_huge_pages(_runs_on_cpu())
+  host_memory.rerun_with_huge_pages(host_memory.this_process_runs_on_cpu())
   started = time.monotonic()
   # config_flags finds the --config.key overrides in sys.argv itself.
   sys.argv = cli.as_config_overrides(sys.argv)

@@ -351,8 +351,7 @@ def _peak_memory() -> tuple[Optional[float], str]:
 def build_report(args, setup: Setup, speeds: list[float],
                  model_config: models.ViTConfig,
                  timm: Optional[tuple[Setup, list[float]]],
-                 load_at_start: Optional[list[float]] = None
-                 ) -> dict[str, Any]:
+                 load_at_start: Optional[list[float]]) -> dict[str, Any]:
   """All numbers of a run, JSON-serialisable."""
   device = jax.devices()[0]
   devices = jax.device_count()
