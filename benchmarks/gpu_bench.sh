@@ -23,6 +23,7 @@
 #   train_autotune_4         --xla_gpu_autotune_level=4
 #   train_batch_x2           twice the batch
 #   train_remat              blocks recomputed in the backward pass
+#   train_fp8, infer_fp8     FP8 q/k/v, out and MLP matmuls (--fp8)
 #   infer_cudnn_layer_norm   the layer-norm flag for inference
 # A flag this XLA does not know is reported and skipped (an unknown flag
 # aborts the process). Lever runs start only while the script is inside
@@ -105,6 +106,8 @@ with_flag() {
   XLA_FLAGS="$XLA_FLAGS $flag" extra "$@"
 }
 extra train_ours --mode train --batch "$TRAIN_BATCH"
+extra train_fp8 --mode train --batch "$TRAIN_BATCH" --fp8
+extra infer_fp8 --mode infer --batch "$INFER_BATCH" --fp8
 extra train_xla_attention --mode train --batch "$TRAIN_BATCH" \
     --attention_impl xla
 with_flag --xla_gpu_enable_cudnn_layer_norm=true train_cudnn_layer_norm \

@@ -11,6 +11,11 @@
 #                   against float32 explicit, logits and gradients, for
 #                   ViT-B/16 at 224 and 384px and the from-scratch model at 64
 #                   and 65 tokens (benchmarks/check_attention.py).
+#   b2. fp8:        the FP8 option (config.model.fp8) on the bfloat16 ViT-B/16
+#                   training step: as many FP8 GEMMs in the compiled program
+#                   as the rule of tests/test_fp8.py predicts (none off
+#                   Ada/Hopper), logits and gradients near bfloat16's
+#                   (benchmarks/check_fp8.py).
 #   c. finetune_224, finetune_384: configs/cifar10_finetune.py[:384] through
 #                   `python -m vit_jax.main` on a synthetic ViT-B_16.npz in the
 #                   published layout, both phases (30 phase-2 steps): finite
@@ -27,12 +32,12 @@
 #     python benchmarks/make_gpu_cifar10.py ../shared/data/tensorflow_datasets .gpu_data/cifar10
 #     tar czf .gpu_data/cifar10.tar.gz -C .gpu_data cifar10 && rm -r .gpu_data/cifar10
 # Writes to $OUT: report.txt (one line per step), log.txt (every step's
-# output), attention.json, bench.jsonl, scratch_metrics.jsonl.
+# output), attention.json, fp8.json, bench.jsonl, scratch_metrics.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
-rm -f "$OUT"/{report.txt,log.txt,attention.json,bench.jsonl,scratch_metrics.jsonl}
+rm -f "$OUT"/{report.txt,log.txt,attention.json,fp8.json,bench.jsonl,scratch_metrics.jsonl}
 source benchmarks/gpu_env.sh
 WORK=$(mktemp -d)
 TINY=${GPU_CHECK_TINY:-}
@@ -86,6 +91,11 @@ step gpu_tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS
 # b. Attention kernels against float32.
 step attention 150 python3 benchmarks/check_attention.py \
     --out "$OUT/attention.json" "${ATTENTION_ARGS[@]}"
+
+# b2. FP8 matmuls: compiled as FP8 GEMMs where the GPU has them, accurate.
+step fp8 120 python3 benchmarks/check_fp8.py --out "$OUT/fp8.json" \
+    "${ATTENTION_ARGS[@]}"
+python3 -c "import json; r = json.load(open('$OUT/fp8.json')); print('fp8:', {k: r[k] for k in ('fp8_gemm_device', 'expected_fp8_gemms', 'cublaslt_fp8', 'triton_fp8', 'logits_error', 'grads_error')})" 2>/dev/null | tee -a "$OUT/report.txt"
 
 # c. Fine-tuning through the command line, both phases, both resolutions.
 for resolution in 224 384; do

@@ -52,6 +52,7 @@ def get_config():
   config.model.dtype = 'float32'  # Compute dtype: float32 or bfloat16 (params stay float32).
   config.model.attention_impl = 'auto'  # auto, xla, cudnn or explicit.
   config.model.remat = False  # Recompute activations in the backward pass (saves memory).
+  config.model.fp8 = False  # FP8 q/k/v, out and MLP matmuls (vit_jax/fp8.py): faster on NVIDIA compute capability >= 8.9, emulated elsewhere.
   config.pretrained_dir = 'checkpoints'  # Folder (local, gs://, https) with <model_name>.npz; None: from scratch.
 
   # Optimisation.

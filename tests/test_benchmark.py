@@ -37,14 +37,18 @@ def test_train_counts_three_forward_passes():
   assert speed.step_flops(config, 224, 1000, 'train') == 3 * forward
 
 
-def test_main_prints_a_table_then_one_json_line(capsys, tmp_path):
+@pytest.mark.parametrize('fp8', [False, True])
+def test_main_prints_a_table_then_one_json_line(capsys, tmp_path, fp8):
   out = tmp_path / 'bench.jsonl'
-  benchmark.main(_TINY + ['--mode', 'infer', '--json_out', str(out)])
+  benchmark.main(_TINY + ['--mode', 'infer', '--json_out', str(out)]
+                 + ['--fp8'] * fp8)
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[0].startswith('model')
+  assert ('with FP8 matmuls' in lines[0]) == fp8
   printed = json.loads(lines[-1])
   assert printed == json.loads(out.read_text())
   assert printed['model'] == 'testing'
+  assert printed['fp8'] == fp8
 
 
 def test_compare_timm_without_torch_says_how_to_get_it(monkeypatch):

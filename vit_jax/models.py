@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import attention
+from vit_jax import fp8 as fp8_lib
 from vit_jax import layers
 
 # name -> (hidden_size, mlp_dim, num_heads, num_layers). One table for every size.
@@ -61,6 +62,7 @@ class ViTConfig:
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
   attention_impl: str = 'auto'  # One of attention.IMPLS.
   remat: bool = False  # Recompute blocks in the backward pass to save memory.
+  fp8: bool = False  # FP8 q/k/v, out and MLP matmuls (vit_jax/fp8.py).
 
 
 def model_config(name: str, **overrides) -> ViTConfig:
@@ -133,17 +135,26 @@ def get_model(name: str, num_classes: int, **overrides) -> 'VisionTransformer':
 _xavier = nn.initializers.xavier_uniform()
 _tiny_normal = nn.initializers.normal(stddev=1e-6)
 
+# dot_general dimension numbers of the projections, named by their einsums.
+# (The attention module calls dot_general itself so that FP8 can replace it.)
+_BLD_DHK_TO_BLHK = (((2,), (0,)), ((), ()))
+_BLHK_HKD_TO_BLD = (((2, 3), (0, 1)), ((), ()))
+_BHLK_HKD_TO_BLD = (((1, 3), (0, 1)), ((), ()))
+_MATMUL = (((1,), (0,)), ((), ()))  # 'ij,jk->ik'
+
 
 class MlpBlock(nn.Module):
   """Dense -> GELU (tanh approximation, as published) -> Dense."""
   mlp_dim: int
   dtype: Any
   dropout_rate: float
+  fp8: bool = False
 
   @nn.compact
   def __call__(self, x_BxLxD, *, deterministic):
     dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=_xavier,
-                               bias_init=_tiny_normal)
+                               bias_init=_tiny_normal,
+                               dot_general=fp8_lib.dot_general_for(self.fp8))
     x = layers.gelu_tanh(dense(self.mlp_dim)(x_BxLxD))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = dense(x_BxLxD.shape[-1])(x)
@@ -190,6 +201,7 @@ class MultiHeadDotProductAttention(nn.Module):
   dtype: Any
   dropout_rate: float
   impl: str
+  fp8: bool = False
 
   @nn.compact
   def __call__(self, x_BxLxD, *, deterministic):
@@ -213,17 +225,17 @@ class MultiHeadDotProductAttention(nn.Module):
         length=length, training=not deterministic,
         needs_weights=use_dropout or want_weights,
         probe=attention.probe_on(backend))
+    dot = fp8_lib.dot_general_for(self.fp8)
     if plan.kernel == 'explicit':
-      q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _heads_major_qkv(x_BxLxD, qkv)
+      q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _heads_major_qkv(x_BxLxD, qkv, dot)
       out_BxHxLxK = self._explicit(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK,
                                    deterministic, want_weights)
-      out_BxLxD = jnp.einsum('bhlk,hkd->bld', out_BxHxLxK, out_kernel_HxKxD)
+      out_BxLxD = dot(out_BxHxLxK, out_kernel_HxKxD, _BHLK_HKD_TO_BLD)
     else:
       q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-          jnp.einsum('bld,dhk->blhk', x_BxLxD, kernel) + bias
-          for kernel, bias in qkv)
+          dot(x_BxLxD, kernel, _BLD_DHK_TO_BLHK) + bias for kernel, bias in qkv)
       out_BxLxHxK = attention.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, plan)
-      out_BxLxD = jnp.einsum('blhk,hkd->bld', out_BxLxHxK, out_kernel_HxKxD)
+      out_BxLxD = dot(out_BxLxHxK, out_kernel_HxKxD, _BLHK_HKD_TO_BLD)
     return out_BxLxD + out_bias_D
 
   def _explicit(self, q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, deterministic,
@@ -240,7 +252,7 @@ class MultiHeadDotProductAttention(nn.Module):
     return jnp.einsum('bhqt,bhtk->bhqk', weights_BxHxLxL, v_BxHxLxK)
 
 
-def _heads_major_qkv(x_BxLxD, qkv):
+def _heads_major_qkv(x_BxLxD, qkv, dot_general):
   """q, k, v as B x H x L x K from one (B*L, D) x (D, 3*H*K) matmul.
 
   Written as a plain 2-D dot so that XLA keeps both operands in place and
@@ -251,8 +263,9 @@ def _heads_major_qkv(x_BxLxD, qkv):
   heads, head_dim = qkv[0][0].shape[1:]
   kernel_Dx3xHxK = jnp.stack([kernel for kernel, _ in qkv], axis=1)
   bias_3xHxK = jnp.stack([bias for _, bias in qkv])
-  y = jnp.dot(x_BxLxD.reshape(batch * length, width),
-              kernel_Dx3xHxK.reshape(width, -1)) + bias_3xHxK.reshape(-1)
+  y = dot_general(x_BxLxD.reshape(batch * length, width),
+                  kernel_Dx3xHxK.reshape(width, -1), _MATMUL)
+  y = y + bias_3xHxK.reshape(-1)
   y_BxLx3xHxK = y.reshape(batch, length, 3, heads, head_dim)
   return jnp.transpose(y_BxLx3xHxK, (2, 0, 3, 1, 4))
 
@@ -283,11 +296,12 @@ class Encoder1DBlock(nn.Module):
     y = layers.LayerNorm(dtype=c.dtype, name='LayerNorm_0')(x_BxLxD)
     y = MultiHeadDotProductAttention(
         c.num_heads, c.dtype, c.attention_dropout_rate, c.attention_impl,
-        name='MultiHeadDotProductAttention_0')(y, deterministic=deterministic)
+        c.fp8, name='MultiHeadDotProductAttention_0')(
+            y, deterministic=deterministic)
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     x_BxLxD = x_BxLxD + drop_path(y, deterministic=deterministic)
     y = layers.LayerNorm(dtype=c.dtype, name='LayerNorm_1')(x_BxLxD)
-    y = MlpBlock(c.mlp_dim, c.dtype, c.dropout_rate, name='MlpBlock_0')(
+    y = MlpBlock(c.mlp_dim, c.dtype, c.dropout_rate, c.fp8, name='MlpBlock_0')(
         y, deterministic=deterministic)
     return x_BxLxD + drop_path(y, deterministic=deterministic)
 

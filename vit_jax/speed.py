@@ -135,6 +135,7 @@ def bench_config(args):
   config.model.dtype = args.dtype
   config.model.attention_impl = args.attention_impl
   config.model.remat = args.remat
+  config.model.fp8 = args.fp8
   config.optimizer = 'adamw'
   config.weight_decay = 0.05
   config.warmup_steps = 10
@@ -370,6 +371,7 @@ def build_report(args, setup: Setup, speeds: list[float],
       'attention_used': models.attention_plan(
           model_config, args.image_size, args.mode == 'train').describe(),
       'remat': args.remat,
+      'fp8': args.fp8,
       'backend': device.platform, 'device_kind': device.device_kind,
       'devices': devices,
       'img_per_s': img_s, 'img_per_s_per_device': img_s / devices,
@@ -432,7 +434,9 @@ def format_table(report: dict[str, Any]) -> str:
   rows = [
       ('model', f"{report['model']} {report['image_size']}px, "
                 f"{report['mode']}, batch {report['batch']}, "
-                f"{report['dtype']}, attention {report['attention_impl']} "
+                f"{report['dtype']}"
+                + (' with FP8 matmuls' if report['fp8'] else '')
+                + f", attention {report['attention_impl']} "
                 f"({report['attention_used']})"),
       ('device', f"{report['devices']} x {report['device_kind']} "
                  f"({report['backend']}; {report['cpu']})"),

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from vit_jax import budget
 from vit_jax import checkpoint
 from vit_jax import cluster
+from vit_jax import fp8
 from vit_jax import inference
 from vit_jax import input_pipeline
 from vit_jax import metrics
@@ -172,6 +173,14 @@ def log_attention_plans(model_config: models.ViTConfig, image_size: int):
     logging.info('%s: %s.', phase, plan.describe())
 
 
+def warn_if_fp8_emulated(model_config: models.ViTConfig):
+  """FP8 only pays on GPUs with FP8 GEMMs; elsewhere it is said once."""
+  if model_config.fp8:
+    warning = fp8.emulation_warning(jax.devices()[0])
+    if warning:
+      logging.warning(warning)
+
+
 class NonFiniteLossError(FloatingPointError):
   """Raised when the loss becomes NaN or inf; checkpoints stay intact."""
 
@@ -188,6 +197,7 @@ class Trainer:
     num_classes = self.train_split.info.num_classes
     self.model = inference.make_model(config, num_classes)
     log_attention_plans(self.model.config, config.pp.crop)
+    warn_if_fp8_emulated(self.model.config)
     self.tx = optim.make_optimizer(config)
     self.lr_fn = optim.learning_rate_fn(config)
     self.manager = ocp.CheckpointManager(
