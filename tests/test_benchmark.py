@@ -8,8 +8,11 @@ from vit_jax import benchmark
 from vit_jax import models
 from vit_jax import speed
 
+# --no-reuse_host_memory: malloc settings are the command line's, not the
+# test process's.
 _TINY = ['--model_name', 'testing', '--image_size', '32', '--batch', '4',
-         '--steps', '2', '--warmup', '1', '--rounds', '2']
+         '--steps', '2', '--warmup', '1', '--rounds', '2',
+         '--no-reuse_host_memory']
 
 
 @pytest.mark.parametrize('mode', ['train', 'infer'])

@@ -1,4 +1,5 @@
-"""host_memory: large allocations on worker threads come from the heap."""
+"""host_memory: a CPU step's scratch memory comes from the main heap, and
+is reused by the next step."""
 
 import os
 import subprocess
@@ -9,38 +10,50 @@ import pytest
 
 from vit_jax import host_memory
 
-# Allocates 200 MB on a worker thread (as XLA:CPU does for a step's scratch
-# memory) and prints whether it came from the [heap] mapping, and the reuse
-# setting's result.
+# Runs a jitted step with 64 MB of scratch memory (sin(x), a matmul operand) 12
+# times and prints the reuse setting's result, whether steps are dispatched
+# to another thread, and the [heap] mapping's size in MB after each step.
 _PROBE = textwrap.dedent("""
-    import sys, threading
-    import numpy as np
+    import sys
     from vit_jax import host_memory
     applied = host_memory.reuse_freed_memory() if sys.argv[1] == '1' else None
-    addresses = []
-    def allocate():
-      addresses.append(np.ones(200 * 2**20, np.uint8).ctypes.data)
-    thread = threading.Thread(target=allocate)
-    thread.start()
-    thread.join()
-    with open('/proc/self/maps') as f:
-      heap = [l.split()[0] for l in f if l.rstrip().endswith('[heap]')]
-    start, end = (int(x, 16) for x in heap[0].split('-'))
-    print(applied, start <= addresses[0] < end)
+    import jax, jax.numpy as jnp
+
+    def heap_mb():
+      with open('/proc/self/maps') as f:
+        heap = [l.split()[0] for l in f if l.rstrip().endswith('[heap]')]
+      start, end = (int(x, 16) for x in heap[0].split('-'))
+      return (end - start) // 2**20
+
+    step = jax.jit(lambda x: (jnp.sin(x) @ x[:, :8]).sum())
+    x = jnp.ones((4096, 4096))
+    sizes = []
+    for _ in range(12):
+      step(x).block_until_ready()
+      sizes.append(heap_mb())
+    print(applied, jax.config.values['jax_cpu_enable_async_dispatch'], *sizes)
 """)
 
 
-def _probe(reuse: bool) -> str:
-  return subprocess.run([sys.executable, '-c', _PROBE, '1' if reuse else '0'],
-                        capture_output=True, text=True, check=True,
-                        timeout=120).stdout.split()
+def _probe(reuse: bool) -> tuple[str, str, list[int]]:
+  applied, dispatched, *sizes = subprocess.run(
+      [sys.executable, '-c', _PROBE, '1' if reuse else '0'],
+      capture_output=True, text=True, check=True, timeout=120).stdout.split()
+  return applied, dispatched, [int(size) for size in sizes]
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='glibc malloc and /proc/self/maps')
-def test_thread_allocations_come_from_the_heap_only_when_asked():
-  assert _probe(reuse=False) == ['None', 'False']  # A fresh mmap.
-  assert _probe(reuse=True) == ['True', 'True']
+def test_step_scratch_memory_comes_from_the_heap_and_is_reused():
+  applied, dispatched, sizes = _probe(reuse=False)
+  assert (applied, dispatched) == ('None', 'True')
+  assert max(sizes) < 64  # Fresh mmaps each step.
+  applied, dispatched, sizes = _probe(reuse=True)
+  assert (applied, dispatched) == ('True', 'False')  # On the main thread.
+  assert sizes[0] >= 64  # The scratch memory, in the main heap ...
+  # ... where later steps find free pages (after a few steps that place
+  # blocks around it), instead of growing it or mapping anew.
+  assert len(set(sizes[-5:])) == 1 and max(sizes) < 1024, sizes
 
 
 def test_will_run_on_cpu():

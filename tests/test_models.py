@@ -177,14 +177,15 @@ def test_dropout_needs_rng_and_changes_output_in_training():
   np.testing.assert_array_equal(eval1, eval2)
 
 
-def test_remat_gives_same_gradients():
-  kwargs = dict(num_layers=2, patch_size=8)
+@pytest.mark.parametrize('fp8', [False, True])
+def test_remat_gives_same_gradients(fp8):
+  kwargs = dict(num_layers=2, patch_size=8, fp8=fp8)
   plain = models.get_model('testing', 10, **kwargs)
   remat = models.get_model('testing', 10, remat=True, **kwargs)
   params, images = _init(plain)
   params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
-  grad = lambda m: jax.grad(
-      lambda p: m.apply({'params': p}, images).sum())(params)
+  grad = lambda m: jax.jit(jax.grad(
+      lambda p: m.apply({'params': p}, images).sum()))(params)
   chex.assert_trees_all_close(grad(plain), grad(remat), atol=1e-6)
 
 

@@ -57,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--fp8', '--config.model.fp8', dest='fp8',
                       action='store_true',
                       help='FP8 q/k/v, out and MLP matmuls (vit_jax/fp8.py).')
+  parser.add_argument('--reuse_host_memory',
+                      action=argparse.BooleanOptionalAction, default=True,
+                      help='CPU: run steps on the main thread and reuse its '
+                      'heap, as vit_jax.main does (vit_jax/host_memory.py).')
   parser.add_argument('--json_out', default=None,
                       help='Also append the JSON line to this file.')
   args = parser.parse_args(argv)
@@ -71,6 +75,10 @@ def main(argv=None):
     # Share the GPU with PyTorch: grow JAX's pool instead of taking 75% of
     # the memory up front (read when the backend starts, i.e. below).
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  # Before JAX starts its backend, as in vit_jax.main.
+  args.reuse_host_memory = (args.reuse_host_memory and
+                            host_memory.this_process_runs_on_cpu() and
+                            host_memory.reuse_freed_memory())
   report = speed.run(args)
   print(speed.format_table(report))
   line = json.dumps(report)

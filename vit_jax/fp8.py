@@ -106,14 +106,14 @@ def dequantize(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None,
-                preferred_element_type=None, **unused):
+                preferred_element_type=None):
   """`jax.lax.dot_general` with FP8 operands (see the module docstring).
 
   A drop-in `dot_general` for `flax.linen.Dense`: `precision` is ignored
   (the operands are FP8), the result has `preferred_element_type` or the
   operands' common dtype.
   """
-  del precision, unused
+  del precision
   out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs, rhs))
   return _fp8_dot(lhs, rhs, _freeze(dimension_numbers),
                   (jnp.dtype(lhs.dtype), jnp.dtype(rhs.dtype), out_dtype))
@@ -132,11 +132,12 @@ def _fp8_dot(lhs, rhs, dimension_numbers, dtypes):
 
 def _fp8_dot_forward(lhs, rhs, dimension_numbers, dtypes):
   lhs_dtype, rhs_dtype, out_dtype = dtypes
+  dot_dtype = jnp.result_type(lhs_dtype, rhs_dtype)
   lhs_q, lhs_scale = quantize(lhs, FORWARD_DTYPE)
   rhs_q, rhs_scale = quantize(rhs, FORWARD_DTYPE)
   out = jax.lax.dot_general(
-      dequantize(lhs_q, lhs_scale, lhs_dtype),
-      dequantize(rhs_q, rhs_scale, rhs_dtype), dimension_numbers,
+      dequantize(lhs_q, lhs_scale, dot_dtype),
+      dequantize(rhs_q, rhs_scale, dot_dtype), dimension_numbers,
       preferred_element_type=out_dtype)
   # The backward pass reads the FP8 copies: a quarter of float32's bytes.
   return out, (lhs_q, lhs_scale, rhs_q, rhs_scale)

@@ -1,28 +1,36 @@
 """Lets XLA:CPU reuse host memory between steps instead of faulting it in.
 
 XLA:CPU allocates each step's scratch memory (the activations kept for the
-backward pass: 162 MB for the `:cpu` scratch preset) with malloc on its worker
-threads. glibc serves requests that large with a fresh mmap() and returns them
-with munmap(), so every step the kernel faults in and zeroes the same amount
-of memory again: a quarter of all CPU time on the `:cpu` preset (measured with
-`perf`). Serving every thread from the main heap (one arena, no mmap) and not
-trimming that heap lets each step reuse the pages of the previous one:
-1.1-1.4x the training steps per second on 2 cores (BENCHMARKS.md), with
-bit-identical results. The process keeps its peak heap until it exits, which
-suits a training run.
+backward pass: 162 MB for the `:cpu` scratch preset, 1.2 GB for ViT-Ti/16
+training at batch 32) with malloc on the thread that runs the step. glibc
+serves requests that large with a fresh mmap() and returns them with
+munmap(), so every step the kernel faults in and zeroes the same amount of
+memory again: a quarter of all CPU time on the `:cpu` preset (measured with
+`perf`).
 
-Only for runs on the CPU: with one arena, the many threads of a tf.data
-pipeline that feeds an accelerator would queue for malloc's lock.
+`reuse_freed_memory` stops that: JAX runs CPU computations on the calling
+(main) thread instead of a dispatch thread (`jax_cpu_enable_async_dispatch`
+off), and malloc neither maps large blocks nor trims its heap, so the main
+thread's heap keeps the pages of one step for the next. It has to be the
+main thread: a worker thread's arena maps large blocks afresh even with
+mmap off. Worker threads keep their own arenas (capping glibc at one arena,
+this module's earlier approach, made XLA's worker threads queue for malloc's
+lock). `:cpu` preset: 1.35-1.55x the steps per second of the one-arena one,
+bit-identical results (BENCHMARKS.md). The process keeps its peak heap until
+it exits, which suits a training run; Python no longer runs ahead of the
+computation, which costs little when steps take milliseconds or more.
+
+Only for runs on the CPU: an accelerator's memory is not malloc's, and
+there the dispatch thread lets Python run ahead.
 
 Huge pages cut what is left of that cost, and help where the memory is not
 reused: with glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks the kernel
-for transparent huge pages (2 MB) for its large blocks, so a step's scratch
-memory (1.2 GB for ViT-Ti/16 training at batch 32) is faulted in 2 MB at a
-time instead of 4 kB at a time, and the TLB covers it. ViT-Ti/16 training:
-0.88-0.94x -> 1.11-1.13x timm's speed on 2 cores (BENCHMARKS.md). The tunable
-is read when the process starts, so the command lines run themselves again
-with it set (`rerun_with_huge_pages`); `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
-opts out.
+for transparent huge pages (2 MB) for its large blocks, so scratch memory is
+faulted in 2 MB at a time instead of 4 kB at a time, and the TLB covers it.
+ViT-Ti/16 training: 0.88-0.94x -> 1.11-1.13x timm's speed on 2 cores
+(BENCHMARKS.md). The tunable is read when the process starts, so the command
+lines run themselves again with it set (`rerun_with_huge_pages`);
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` opts out.
 """
 
 import ctypes
@@ -38,9 +46,7 @@ import jax
 # mallopt() parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
-             (_M_TRIM_THRESHOLD, 2**31 - 1))
+_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 _HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb'
 _FIRST_GLIBC_WITH_IT = (2, 35)
@@ -76,17 +82,20 @@ def this_process_runs_on_cpu() -> bool:
 
 
 def reuse_freed_memory() -> bool:
-  """Tunes glibc's malloc as described above; False where that is not glibc.
+  """Runs CPU steps on the main thread, its heap reused (see above); False
+  where the C library is not glibc (then nothing is changed).
 
-  Must run before any thread other than the main one has allocated memory
-  (before JAX starts its backend and before tf.data runs): glibc fixes the
-  number of arenas the first time a thread asks for one.
+  Must run before JAX starts its backend, which reads the dispatch setting
+  once.
   """
   try:
     mallopt = ctypes.CDLL(ctypes.util.find_library('c')).mallopt
   except (OSError, AttributeError, TypeError):
     return False
-  return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+  if not all(mallopt(param, value) == 1 for param, value in _SETTINGS):
+    return False
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  return True
 
 
 def huge_pages_environ(environ: Mapping[str, str], *, on_cpu: bool,

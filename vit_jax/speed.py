@@ -372,6 +372,7 @@ def build_report(args, setup: Setup, speeds: list[float],
           model_config, args.image_size, args.mode == 'train').describe(),
       'remat': args.remat,
       'fp8': args.fp8,
+      'reuse_host_memory': args.reuse_host_memory,
       'backend': device.platform, 'device_kind': device.device_kind,
       'devices': devices,
       'img_per_s': img_s, 'img_per_s_per_device': img_s / devices,
@@ -439,7 +440,9 @@ def format_table(report: dict[str, Any]) -> str:
                 + f", attention {report['attention_impl']} "
                 f"({report['attention_used']})"),
       ('device', f"{report['devices']} x {report['device_kind']} "
-                 f"({report['backend']}; {report['cpu']})"),
+                 f"({report['backend']}; {report['cpu']})"
+                 + ('; steps on the main thread, heap reused'
+                    if report['reuse_host_memory'] else '')),
       ('host load', 'at start, 1/5/15 min: ' + (
           ', '.join(f'{load:.2f}' for load in report['load_average_at_start'])
           if report['load_average_at_start'] else '-')),
