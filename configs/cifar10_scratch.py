@@ -18,7 +18,9 @@ the chosen steps (`eval_count`). The choice is stored in the workdir
 Measured results (accuracy on the full 10,000-image test split; commands,
 curves and the ablation in BENCHMARKS.md):
   :cpu  74.4% test accuracy in 11.7 minutes (whole command; 3,650 steps
-        chosen by the budget) on a 2-core Zen 3 EPYC; at 5,000 steps 76.6% in
+        chosen by the budget) on a 2-core Zen 3 EPYC; with steps on the main
+        thread, 78.1% at 6,201 steps, but in 16.3 minutes (the budget's
+        margin is 15% since); at 5,000 steps 76.6% in
         12.2 minutes on a 2-core Zen 4 EPYC.
   gpu   not yet validated: one 3-minute H100 run (69 epochs) stalled at 47.4%;
         benchmarks/gpu_scratch_ablation.sh is ready to find out why.
@@ -72,7 +74,7 @@ def get_config(arg=None):
     config.batch = 128
     config.batch_eval = 1000
     # The step count is whatever fits 15 minutes of this machine (about
-    # 6,000 steps at ~950 img/s, 3,500 at ~550 img/s); at most 20,000.
+    # 5,300 steps at ~950 img/s, 3,100 at ~550 img/s); at most 20,000.
     config.train_minutes = 15.0
     config.total_steps = 20_000
     config.warmup_steps = 200
