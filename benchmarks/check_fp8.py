@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from check_attention import _flat  # Same folder: run as a script.
+from check_attention import _relative_error
 from vit_jax import fp8
 from vit_jax import models
 
@@ -28,16 +30,6 @@ from vit_jax import models
 LOGITS_TOLERANCE = 0.25
 GRADS_TOLERANCE = 0.5
 TINY = dict(hidden_size=128, mlp_dim=256, num_heads=2, num_layers=2)
-
-
-def _relative_error(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def _flat(tree) -> np.ndarray:
-  return np.concatenate([np.ravel(np.asarray(x, np.float32))
-                         for x in jax.tree.leaves(tree)])
 
 
 def run(tiny: bool, batch: int) -> dict:
