@@ -147,10 +147,10 @@ def _attention_forward(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK):
 def _attention_backward(residuals, d_out_BxHxLxK):
   q_scaled, k, v, weights_BxHxLxL, out_BxHxLxK = residuals
   scale = q_scaled.shape[-1] ** -0.5
-  # Key-major copies of the L x L matrices: XLA:CPU multiplies them faster
-  # than it contracts over their first axis in place.
-  weights_t = jnp.swapaxes(weights_BxHxLxL, -1, -2)
-  d_v = jnp.einsum('bhtq,bhqk->bhtk', weights_t, d_out_BxHxLxK)
+  # d_v and d_k contract the L x L matrices over their first (query) axis.
+  # XLA:CPU does that in place; transposed copies first were slower
+  # (BENCHMARKS.md, "CPU: eighth round").
+  d_v = jnp.einsum('bhqt,bhqk->bhtk', weights_BxHxLxL, d_out_BxHxLxK)
   d_weights = jnp.einsum('bhqk,bhtk->bhqt', d_out_BxHxLxK, v)
   f32 = jnp.float32
   # Softmax backward, dL = P * (dP - rowsum(dP * P)), with rowsum(dP * P)
@@ -160,8 +160,7 @@ def _attention_backward(residuals, d_out_BxHxLxK):
   d_logits = (weights_BxHxLxL.astype(f32)
               * (d_weights.astype(f32) - row_BxHxLx1)).astype(q_scaled.dtype)
   d_q = jnp.einsum('bhqt,bhtk->bhqk', d_logits, k) * scale
-  d_k = jnp.einsum('bhtq,bhqk->bhtk', jnp.swapaxes(d_logits, -1, -2),
-                   q_scaled)
+  d_k = jnp.einsum('bhqt,bhqk->bhtk', d_logits, q_scaled)
   return d_q, d_k, d_v
 
 
