@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # ViT-B/16 at 224px, bfloat16, on one GPU: vit_jax against timm (torch.compile
 # + AMP) side by side, training (AdamW) and inference, then each speed lever
-# alone and a per-op profile of our training step. About 8 minutes on an
-# H100/H200, most of it compiling (XLA, then Inductor).
+# alone and a per-op profile of our training step and timm's. About 9
+# minutes on an H100/H200, most of it compiling (XLA, then Inductor).
 #
 #   OUT=/some/dir bash benchmarks/gpu_bench.sh       # from anywhere
 #
 # Writes one JSON line per run to $OUT/bench.jsonl (fields: see
 # `python -m vit_jax.benchmark --help`), each run's console output to
 # $OUT/<name>.log, one table of every run to $OUT/levers.txt, the per-op
-# profile of the training step to $OUT/profile_train.txt
-# (benchmarks/profile_step.py; the raw trace stays under $OUT/trace_train/)
-# and the software versions to $OUT/env.txt.
+# profile of the training step to $OUT/profile_train.txt, timm's to
+# $OUT/profile_train_timm.txt and the two class by class to
+# $OUT/profile_train_vs_timm.txt (benchmarks/profile_step.py; our raw trace
+# stays under $OUT/trace_train/) and the software versions to $OUT/env.txt.
 # Needs jax[cuda], flax, optax, orbax-checkpoint, ml_collections (a wheel in
 # .whl/ is installed if the module is missing), torch and timm; no tensorflow.
 #
@@ -121,13 +122,15 @@ extra train_remat --mode train --batch "$TRAIN_BATCH" --remat
 with_flag --xla_gpu_enable_cudnn_layer_norm=true infer_cudnn_layer_norm \
     --mode infer --batch "$INFER_BATCH"
 
-# Where the default training step's time goes, op by op.
+# Where the default training step's time goes, op by op, ours and then
+# timm's (ours' table is written before timm's step starts).
 echo "== profile ($SECONDS s in)"
-timeout "$LIMIT" "$PY" benchmarks/profile_step.py --out "$OUT" \
+timeout $((LIMIT + 100)) "$PY" benchmarks/profile_step.py --out "$OUT" \
     --model_name "$MODEL" --image_size "$SIZE" --dtype bfloat16 --mode train \
-    --batch "$TRAIN_BATCH" --warmup "$WARMUP" > "$OUT/profile.log" 2>&1 ||
-  echo "profile failed: see $OUT/profile.log"
+    --batch "$TRAIN_BATCH" --warmup "$WARMUP" --compare timm \
+    > "$OUT/profile.log" 2>&1 || echo "profile failed: see $OUT/profile.log"
 head -n 30 "$OUT/profile_train.txt" 2>/dev/null
+cat "$OUT/profile_train_vs_timm.txt" 2>/dev/null
 
 # Every run in one table (the run's name is its log's).
 "$PY" - "$OUT" <<'EOF' | tee -a "$OUT/levers.txt"
