@@ -2,6 +2,7 @@
 
 import contextlib
 import http.server
+import importlib.util
 import os
 import re
 import subprocess
@@ -14,6 +15,15 @@ from PIL import Image
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_benchmark_script(name: str):
+  """benchmarks/<name>.py as a module: the scripts are not a package."""
+  path = os.path.join(REPO, 'benchmarks', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def hlo_computations(hlo: str) -> dict[str, str]:

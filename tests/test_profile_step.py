@@ -9,24 +9,14 @@ and PyTorch's aten ops on a CPU.
 """
 
 import collections
-import importlib.util
 import json
-import os
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_benchmark_script
 
 
-def _profile_module():
-  path = os.path.join(REPO, 'benchmarks', 'profile_step.py')
-  spec = importlib.util.spec_from_file_location('profile_step', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-PROFILE = _profile_module()
+PROFILE = load_benchmark_script('profile_step')
 
 _NAMES = {
     # GPU kernels.

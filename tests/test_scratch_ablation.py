@@ -3,7 +3,6 @@
 A misspelt key would otherwise fail half an hour into an ablation run.
 """
 
-import importlib.util
 import os
 
 from absl import flags
@@ -11,17 +10,10 @@ from ml_collections import config_flags
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import load_benchmark_script
 
 
-def _ablation_module():
-  path = os.path.join(REPO, 'benchmarks', 'scratch_ablation.py')
-  spec = importlib.util.spec_from_file_location('scratch_ablation', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ABLATION = _ablation_module()
+ABLATION = load_benchmark_script('scratch_ablation')
 
 
 def _parsed_config(argv):
