@@ -10,7 +10,7 @@ import pytest
 
 from vit_jax import host_memory
 
-# Runs a jitted step with 64 MB of scratch memory (sin(x), a matmul operand) 12
+# Runs a jitted step with 64 MB of scratch memory (sin(x), a matmul operand) 20
 # times and prints the reuse setting's result, whether steps are dispatched
 # to another thread, and the [heap] mapping's size in MB after each step.
 _PROBE = textwrap.dedent("""
@@ -28,7 +28,7 @@ _PROBE = textwrap.dedent("""
     step = jax.jit(lambda x: (jnp.sin(x) @ x[:, :8]).sum())
     x = jnp.ones((4096, 4096))
     sizes = []
-    for _ in range(12):
+    for _ in range(20):
       step(x).block_until_ready()
       sizes.append(heap_mb())
     print(applied, jax.config.values['jax_cpu_enable_async_dispatch'], *sizes)
@@ -50,10 +50,13 @@ def test_step_scratch_memory_comes_from_the_heap_and_is_reused():
   assert max(sizes) < 64  # Fresh mmaps each step.
   applied, dispatched, sizes = _probe(reuse=True)
   assert (applied, dispatched) == ('True', 'False')  # On the main thread.
-  assert sizes[0] >= 64  # The scratch memory, in the main heap ...
-  # ... where later steps find free pages (after a few steps that place
-  # blocks around it), instead of growing it or mapping anew.
-  assert len(set(sizes[-5:])) == 1 and max(sizes) < 1024, sizes
+  assert min(sizes) >= 64, sizes  # The scratch memory, in the main heap ...
+  # ... where later steps find free pages instead of growing it: without
+  # reuse it would grow by the 64 MB on every step. Now and then a step's
+  # block lands where the next one no longer fits (seen once in 19 steps on a
+  # loaded machine), so a few growths are allowed, not a growing trend.
+  growths = sum(later > earlier for earlier, later in zip(sizes, sizes[1:]))
+  assert growths <= 3 and sizes[-1] - sizes[0] < 4 * 64, sizes
 
 
 def test_will_run_on_cpu():
