@@ -7,7 +7,7 @@ Builds the step exactly as `python -m vit_jax.benchmark` does (same flags),
 runs a few steps under `jax.profiler.trace` and sums the durations of the
 device's (GPU) or XLA's (CPU) events by name from the Perfetto trace JSON
 that JAX writes. Writes DIR/profile_<mode>.txt (the top ops, their share of
-the profiled time and a coarse class: matmul, attention, layernorm-like
+the profiled time and a coarse class: matmul, attention, norms and other
 reductions, elementwise fusions, copies) and keeps the trace itself under
 DIR/trace_<mode>/ for a closer look in Perfetto.
 
@@ -42,12 +42,15 @@ from vit_jax import speed  # pylint: disable=g-import-not-at-top
 CLASSES = (
     ('ynnpack fusion (dots with their elementwise ops)', r'ynn_fusion'),
     ('attention', r'flash|fmha|cudnn.*attn|sdpa|__cudnn\$fmha|dot_product_att'),
-    ('layernorm', r'layer_?norm|cudnn.*norm|__cudnn\$norm'),
-    ('matmul', r'gemm|cublas|cutlass|sm\d+_xmma|wgmma|dot|convolution|conv'
-               r'|(^|[_:])(add|b)?mm($|_)|linear|matmul'),
+    # One class for both sides: timm's Triton kernels name the LayerNorm,
+    # XLA's fusions only say "reduce".
+    ('norms and reductions (layernorm, softmax, loss)',
+     r'layer_?norm|cudnn.*norm|__cudnn\$norm|reduce|reduction|softmax'
+     r'|aten::(sum|mean|amax|max)$|vector_norm'),
+    # nvjet: cuBLAS's Hopper GEMM kernels.
+    ('matmul', r'gemm|cublas|cutlass|nvjet|sm\d+_xmma|wgmma|dot|convolution'
+               r'|conv2d|(^|[_:])(add|b)?mm($|_)|linear|matmul'),
     ('copy/transpose', r'copy|transpose|memcpy|memset|clone|contiguous'),
-    ('reduce', r'reduce|reduction|softmax|aten::(sum|mean|amax|max)$'
-               r'|vector_norm'),
     # XLA fuses the optimizer's update into elementwise loops: timm's AdamW
     # kernels count here too, so the two sides stay comparable.
     ('elementwise (fusions, optimizer)',

@@ -18,6 +18,8 @@ from tests.conftest import load_benchmark_script
 
 PROFILE = load_benchmark_script('profile_step')
 
+_NORMS = 'norms and reductions (layernorm, softmax, loss)'
+
 _NAMES = {
     # GPU kernels.
     'sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64': 'matmul',
@@ -26,7 +28,7 @@ _NAMES = {
     'cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16': 'attention',
     'void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel':
         'attention',
-    'triton_per_fused_native_layer_norm_0': 'layernorm',
+    'triton_per_fused_native_layer_norm_0': _NORMS,
     'triton_tem_fused_mm_3': 'matmul',
     'triton_poi_fused_add_mul_tanh_5': 'elementwise (fusions, optimizer)',
     'void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernel>':
@@ -34,22 +36,25 @@ _NAMES = {
     'void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>':
         'elementwise (fusions, optimizer)',
     'loop_multiply_fusion_3': 'elementwise (fusions, optimizer)',
-    'input_reduce_fusion_1': 'reduce',
+    'input_reduce_fusion_1': _NORMS,
+    'loop_convert_fusion_2': 'elementwise (fusions, optimizer)',
+    'nvjet_tst_192x192_64x4_2x1_v_bz_TNN': 'matmul',
+    'triton_red_fused__log_softmax_nll_loss_forward_1': _NORMS,
     'transpose_copy_fusion_7': 'copy/transpose',
     # XLA:CPU instructions.
     'dot_general.370': 'matmul',
     'ynn_fusion.261': 'ynnpack fusion (dots with their elementwise ops)',
     'convolution.1': 'matmul',
-    'reduce-window.2': 'reduce',
+    'reduce-window.2': _NORMS,
     # PyTorch CPU ops.
     'aten::addmm': 'matmul',
     'aten::mm': 'matmul',
     'aten::bmm': 'matmul',
     'aten::_scaled_dot_product_flash_attention_for_cpu_backward': 'attention',
-    'aten::native_layer_norm_backward': 'layernorm',
+    'aten::native_layer_norm_backward': _NORMS,
     'aten::copy_': 'copy/transpose',
-    'aten::sum': 'reduce',
-    'aten::_log_softmax': 'reduce',
+    'aten::sum': _NORMS,
+    'aten::_log_softmax': _NORMS,
     'aten::add_': 'elementwise (fusions, optimizer)',
     'aten::lerp_': 'elementwise (fusions, optimizer)',
     'aten::gelu_backward': 'elementwise (fusions, optimizer)',
