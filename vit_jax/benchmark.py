@@ -76,9 +76,8 @@ def main(argv=None):
     # the memory up front (read when the backend starts, i.e. below).
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   # Before JAX starts its backend, as in vit_jax.main.
-  args.reuse_host_memory = (args.reuse_host_memory and
-                            host_memory.this_process_runs_on_cpu() and
-                            host_memory.reuse_freed_memory())
+  args.reuse_host_memory = host_memory.reuse_freed_memory_on_cpu(
+      args.reuse_host_memory)
   report = speed.run(args)
   print(speed.format_table(report))
   line = json.dumps(report)

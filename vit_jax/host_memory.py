@@ -98,6 +98,13 @@ def reuse_freed_memory() -> bool:
   return True
 
 
+def reuse_freed_memory_on_cpu(wanted: bool) -> bool:
+  """`reuse_freed_memory` where `wanted` (the `reuse_host_memory` setting)
+  and this process runs on the CPU; whether it now applies. For command
+  lines, before JAX starts its backend."""
+  return wanted and this_process_runs_on_cpu() and reuse_freed_memory()
+
+
 def huge_pages_environ(environ: Mapping[str, str], *, on_cpu: bool,
                        glibc: str, thp_mode: str) -> Optional[dict[str, str]]:
   """The environment to run this process again in so that malloc asks for

@@ -73,9 +73,8 @@ def main(argv, started: float):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   progress.quiet_libraries(_VERBOSE.value)
-  reuse_memory = (_CONFIG.value.reuse_host_memory and
-                  host_memory.this_process_runs_on_cpu() and
-                  host_memory.reuse_freed_memory())
+  reuse_memory = host_memory.reuse_freed_memory_on_cpu(
+      _CONFIG.value.reuse_host_memory)
   _initialize_distributed()
   _keep_tensorflow_off_accelerators()
   from vit_jax import train  # pylint: disable=g-import-not-at-top
