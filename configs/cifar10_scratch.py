@@ -17,11 +17,9 @@ the chosen steps (`eval_count`). The choice is stored in the workdir
 --config.train_minutes=0 --config.total_steps=N --config.eval_count=0.
 Measured results (accuracy on the full 10,000-image test split; commands,
 curves and the ablation in BENCHMARKS.md):
-  :cpu  74.4% test accuracy in 11.7 minutes (whole command; 3,650 steps
-        chosen by the budget) on a 2-core Zen 3 EPYC; with steps on the main
-        thread, 78.1% at 6,201 steps, but in 16.3 minutes (the budget's
-        margin is 15% since); at 5,000 steps 76.6% in
-        12.2 minutes on a 2-core Zen 4 EPYC.
+  :cpu  76.4% test accuracy in 12.9 minutes (whole command; 4,746 steps
+        chosen by the budget) on a 2-core Zen 3 EPYC (2026-11-29); at 5,000
+        steps 76.6% in 12.2 minutes on a 2-core Zen 4 EPYC.
   gpu   not yet validated: one 3-minute H100 run (69 epochs) stalled at 47.4%;
         benchmarks/gpu_scratch_ablation.sh is ready to find out why.
 """
