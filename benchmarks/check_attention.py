@@ -37,12 +37,14 @@ LOGITS_TOLERANCE = 0.03
 GRADS_TOLERANCE = 0.05
 
 
-def _relative_error(a, b) -> float:
+def relative_error(a, b) -> float:
+  """|a - b| / |b| over all elements, in float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _flat(tree) -> np.ndarray:
+def flat_leaves(tree) -> np.ndarray:
+  """Every leaf of `tree` in one float32 vector, to compare gradients."""
   return np.concatenate([np.ravel(np.asarray(x, np.float32))
                          for x in jax.tree.leaves(tree)])
 
@@ -79,12 +81,12 @@ def check_case(name: str, tiny: bool, batch: int) -> dict:
                              dtype=jnp.bfloat16, **overrides)
     plan = models.attention_plan(model.config, size, True)
     logits, grads = _logits_and_grads(model, params, images, labels)
-    flat = _flat(grads)
+    flat = flat_leaves(grads)
     results[kernel] = {
         'plan': plan.describe(),
         'finite': bool(np.isfinite(logits).all() and np.isfinite(flat).all()),
-        'logits_rel_error': _relative_error(logits, ref_logits),
-        'grads_rel_error': _relative_error(flat, _flat(ref_grads)),
+        'logits_rel_error': relative_error(logits, ref_logits),
+        'grads_rel_error': relative_error(flat, flat_leaves(ref_grads)),
     }
     results[kernel]['ok'] = bool(
         results[kernel]['finite'] and

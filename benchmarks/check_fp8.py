@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from check_attention import _flat  # Same folder: run as a script.
-from check_attention import _relative_error
+from check_attention import flat_leaves  # Same folder: run as a script.
+from check_attention import relative_error
 from vit_jax import fp8
 from vit_jax import models
 
@@ -55,7 +55,7 @@ def run(tiny: bool, batch: int) -> dict:
 
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))
     (_, logits), grads = step(params)
-    results[use_fp8] = (np.asarray(logits, np.float32), _flat(grads))
+    results[use_fp8] = (np.asarray(logits, np.float32), flat_leaves(grads))
     if use_fp8:
       report['expected_fp8_gemms'], report['all_matmuls'] = (
           fp8.count_fp8_matmuls(jax.make_jaxpr(step)(params)))
@@ -63,8 +63,8 @@ def run(tiny: bool, batch: int) -> dict:
           step.lower(params).compile().as_text()))
   (logits_bf16, grads_bf16), (logits_fp8, grads_fp8) = (results[False],
                                                         results[True])
-  report['logits_error'] = _relative_error(logits_fp8, logits_bf16)
-  report['grads_error'] = _relative_error(grads_fp8, grads_bf16)
+  report['logits_error'] = relative_error(logits_fp8, logits_bf16)
+  report['grads_error'] = relative_error(grads_fp8, grads_bf16)
   report['finite'] = bool(np.isfinite(logits_fp8).all() and
                           np.isfinite(grads_fp8).all())
   compiled = report['cublaslt_fp8'] + report['triton_fp8']

@@ -162,7 +162,7 @@ def side_by_side(ours: collections.Counter, timm: collections.Counter,
   return '\n'.join(lines)
 
 
-def profile_ours(args, steps: int, out: str):
+def profile_ours(args, steps: int, out: str, on_device: bool):
   """(ours' op times, the model's config), after a warm-up."""
   runner = speed.JaxRunner(args)
   runner.compile()
@@ -176,7 +176,6 @@ def profile_ours(args, steps: int, out: str):
   if not traces:
     raise SystemExit(f'no perfetto_trace.json.gz under {trace_dir}: the '
                      'profiler wrote nothing (is another profile running?).')
-  on_device = jax.default_backend() != 'cpu'
   return jax_op_times(traces[-1], on_device), runner.model_config
 
 
@@ -215,7 +214,7 @@ def main():
   steps = ours.profile_steps
   os.makedirs(ours.out, exist_ok=True)
   on_device = jax.default_backend() != 'cpu'
-  mine, model_config = profile_ours(args, steps, ours.out)
+  mine, model_config = profile_ours(args, steps, ours.out, on_device)
   prefix = os.path.join(ours.out, f'profile_{args.mode}')
   write(f'{prefix}.txt', summarize(
       mine, steps, 'device kernels' if on_device else 'XLA ops'))
