@@ -37,6 +37,41 @@ def hlo_computations(hlo: str) -> dict[str, str]:
   return bodies
 
 
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def reordered_float32_atol(reference, reduction_length: int,
+                           depth: int = 1) -> float:
+  """The absolute tolerance for a float32 result computed twice with its
+  sums in another order or length (padding, jit fusion, the CPU's vector
+  width: AVX-512 splits a sum otherwise than AVX2).
+
+  Rounding moves a sum of n terms by about eps * sqrt(n) times the size of
+  its terms (the roundings add up like a random walk), and each of the
+  `depth` sums in a row that the result passes through (a layer, its
+  backward pass) adds as much again. The scale is the array's largest
+  entry: an entry near zero keeps the absolute error of the large terms it
+  was summed from, which an elementwise rtol does not allow for. The factor
+  8 is the margin over that estimate.
+  """
+  scale = float(np.abs(np.asarray(reference, np.float32)).max())
+  return 8 * depth * FLOAT32_EPS * np.sqrt(reduction_length) * scale
+
+
+def assert_reordered_float32_close(actual, expected, reduction_length: int,
+                                   depth: int = 1):
+  """Every array of `actual` (a pytree) within `reordered_float32_atol` of
+  `expected`'s, each against its own scale."""
+  import jax  # pylint: disable=g-import-not-at-top
+  actual, expected = (jax.tree.leaves(t) for t in (actual, expected))
+  assert len(actual) == len(expected)
+  for a, e in zip(actual, expected):
+    a, e = np.asarray(a, np.float32), np.asarray(e, np.float32)
+    assert a.shape == e.shape
+    np.testing.assert_allclose(
+        a, e, rtol=0, atol=reordered_float32_atol(e, reduction_length, depth))
+
+
 def make_image_folder(root, num_classes=3, train_per_class=6,
                       test_per_class=3, size=32, seed=0):
   """A {train,test}/<class>/*.png dataset with class-dependent colours."""

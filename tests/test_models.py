@@ -1,11 +1,11 @@
 """Tests for vit_jax.models: sizes, shapes, options, jit agreement."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import assert_reordered_float32_close
 from vit_jax import models
 
 # Published parameter counts with num_classes=1000 at 224px.
@@ -106,7 +106,8 @@ def test_jit_and_eager_agree():
       params)
   eager = model.apply({'params': params}, images)
   jitted = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, images)
-  np.testing.assert_allclose(eager, jitted, atol=1e-5, rtol=1e-5)
+  # jit fuses and orders the sums otherwise: 2 blocks over 17 tokens.
+  assert_reordered_float32_close(jitted, eager, 17, depth=2)
 
 
 def test_xla_and_explicit_attention_agree_with_gradients():
@@ -127,9 +128,10 @@ def test_xla_and_explicit_attention_agree_with_gradients():
     return apply(params), jax.grad(
         lambda p: (apply(p) * jnp.arange(10.)).sum())(params)
 
-  chex.assert_trees_all_close(logits_and_grads(xla),
-                              logits_and_grads(explicit), atol=1e-4,
-                              rtol=1e-4)
+  # Sums in another order; the longest are the weight gradients' over
+  # batch x tokens (2 x 17), through 2 blocks forward and backward.
+  assert_reordered_float32_close(logits_and_grads(xla),
+                                 logits_and_grads(explicit), 2 * 17, depth=4)
 
 
 def test_auto_attention_is_the_explicit_form_on_cpu():
@@ -186,7 +188,9 @@ def test_remat_gives_same_gradients(fp8):
   params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
   grad = lambda m: jax.jit(jax.grad(
       lambda p: m.apply({'params': p}, images).sum()))(params)
-  chex.assert_trees_all_close(grad(plain), grad(remat), atol=1e-6)
+  # Recomputed activations may be fused otherwise: sums over batch x
+  # tokens (2 x 17), 2 blocks forward and backward.
+  assert_reordered_float32_close(grad(remat), grad(plain), 2 * 17, depth=4)
 
 
 def test_name_for_recovers_table_names():
