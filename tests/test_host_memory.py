@@ -50,13 +50,14 @@ def test_step_scratch_memory_comes_from_the_heap_and_is_reused():
   assert max(sizes) < 64  # Fresh mmaps each step.
   applied, dispatched, sizes = _probe(reuse=True)
   assert (applied, dispatched) == ('True', 'False')  # On the main thread.
-  assert min(sizes) >= 64, sizes  # The scratch memory, in the main heap ...
-  # ... where later steps find free pages instead of growing it: without
-  # reuse it would grow by the 64 MB on every step. Now and then a step's
-  # block lands where the next one no longer fits (seen once in 19 steps on a
-  # loaded machine), so a few growths are allowed, not a growing trend.
-  growths = sum(later > earlier for earlier, later in zip(sizes, sizes[1:]))
-  assert growths <= 3 and sizes[-1] - sizes[0] < 4 * 64, sizes
+  assert min(sizes) >= 64, sizes  # The scratch memory, in the main heap,
+  assert sizes == sorted(sizes), sizes  # which is never trimmed ...
+  # ... and where later steps find the freed pages. Were they not reused,
+  # the heap would grow by the 64 MB on each of the 19 later steps. How often
+  # a step's block lands where the next no longer fits depends on glibc and
+  # the machine's load (seen: 1 of 19 steps on one machine, 5 on another),
+  # so what is asserted is the trend: under half of that growth.
+  assert sizes[-1] - sizes[0] < 19 * 64 // 2, sizes
 
 
 def test_will_run_on_cpu():
