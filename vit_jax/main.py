@@ -94,10 +94,11 @@ def main(argv, started: float):
 
 def _explained_errors() -> tuple[type[Exception], ...]:
   """Errors whose message names the cause and the way out: one line each."""
-  from vit_jax import budget, input_pipeline, recovery, train  # pylint: disable=g-import-not-at-top
+  from vit_jax import budget, hub, input_pipeline, recovery, train  # pylint: disable=g-import-not-at-top
   return (input_pipeline.DataError, workdir_lock.WorkdirBusyError,
           budget.NoTimeToTrainError, recovery.NoRestorableCheckpointError,
-          recovery.CheckpointSaveError, train.NonFiniteLossError)
+          recovery.CheckpointSaveError, train.NonFiniteLossError,
+          hub.FetchError)
 
 
 def run():

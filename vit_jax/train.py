@@ -9,6 +9,7 @@ a run resumed from a checkpoint ends with exactly the parameters of an
 uninterrupted one, whatever the number of devices.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -410,9 +411,30 @@ def train_and_evaluate(config, workdir: str,
   refused (workdir_lock.py).
   """
   started = time.monotonic() if started is None else started
+  with _no_empty_folders_if_failed(workdir):
+    with workdir_lock.hold(workdir,
+                           60 * config.lock_stale_minutes) as heartbeat:
+      return _train_and_evaluate(config, workdir, heartbeat, started)
+
+
+@contextlib.contextmanager
+def _no_empty_folders_if_failed(workdir: str):
+  """Creates `workdir` if need be; a run that fails before writing anything
+  (no weights to fetch, no data) removes the empty folders it made: the
+  workdir itself and checkpoints/. Folders with files in them stay."""
+  created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock.hold(workdir, 60 * config.lock_stale_minutes) as heartbeat:
-    return _train_and_evaluate(config, workdir, heartbeat, started)
+  try:
+    yield
+  except BaseException:
+    made = [os.path.join(workdir, 'checkpoints')] + ([workdir] if created
+                                                     else [])
+    for folder in made:
+      try:
+        os.rmdir(folder)  # Only if empty.
+      except OSError:
+        pass
+    raise
 
 
 def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
@@ -440,6 +462,9 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
       if done == start + 1:
         jax.block_until_ready(loss)
         clock.start(done)  # Rate and ETA leave the compilation out.
+      elif done == start + 2 and is_main:
+        jax.block_until_ready(loss)  # One step timed: the run's length.
+        warn_if_long_on_cpu(config, workdir, clock.eta(done), total - done)
       is_last = done == total
       flush = (done % config.progress_every == 0 or is_last or
                done % config.checkpoint_every == 0)
@@ -511,6 +536,43 @@ def _note_best(summary: dict[str, float], scalars: dict[str, float],
   if scalars['accuracy_test'] > summary.get('best_accuracy_test', -1.0):
     summary['best_accuracy_test'] = scalars['accuracy_test']
     summary['best_step'] = step
+
+
+LONG_ON_CPU_HOURS = 1.0  # A CPU run longer than this names the CPU preset.
+
+
+def long_on_cpu_warning(config, workdir: str, backend: str,
+                        seconds_left: float, steps_left: int
+                        ) -> Optional[str]:
+  """The warning for a recipe sized for an accelerator that was started on
+  a CPU (days on 2 cores, silently otherwise): the time it will take and the
+  preset meant for CPUs. None on accelerators, for runs with a time budget
+  (train_minutes keeps them to it) and for runs under LONG_ON_CPU_HOURS.
+  """
+  if (backend != 'cpu' or config.train_minutes or
+      seconds_left < 3600 * LONG_ON_CPU_HOURS):
+    return None
+  if config.cpu_preset:
+    way_out = ('For a CPU, train the preset meant for it: python -m '
+               f'vit_jax.main --config {config.cpu_preset} --workdir '
+               f'{workdir.rstrip("/")}_cpu')
+  else:
+    way_out = ('This recipe has no preset for CPUs: lower '
+               '--config.total_steps, give --config.train_minutes a budget, '
+               'or run it on a GPU or TPU')
+  return (f'This recipe is sized for an accelerator: on this CPU its '
+          f'{steps_left} steps left take about '
+          f'{progress.format_duration(seconds_left)} '
+          f'({seconds_left / steps_left:.3g} s a step). {way_out}.')
+
+
+def warn_if_long_on_cpu(config, workdir: str, seconds_left: float,
+                        steps_left: int):
+  """Logs `long_on_cpu_warning` for this process's backend, if any."""
+  warning = long_on_cpu_warning(config, workdir, jax.default_backend(),
+                                seconds_left, steps_left)
+  if warning:
+    logging.warning('%s', warning)
 
 
 def announce(trainer: Trainer, workdir: str, start: int):
