@@ -54,6 +54,7 @@ def get_config(arg=None):
     config.base_lr = 2e-3
     config.weight_decay = 0.05
     config.checkpoint_every = 2_000
+    config.cpu_preset = 'configs/cifar10_scratch.py:cpu'
   else:
     # Chosen by equal-images proxies on 2 CPU cores (BENCHMARKS.md): patch 4,
     # width 96, depth 4 learned fastest per second among the sizes tried.

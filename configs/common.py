@@ -59,6 +59,7 @@ def get_config():
   config.total_steps = 10_000  # Optimizer steps (with train_minutes: the most it may choose).
   config.train_minutes = 0.0  # Wall-clock budget of the whole command; sizes total_steps from the step rate measured here (0: off).
   config.batch = 512  # Global batch (all devices and hosts).
+  config.cpu_preset = ''  # This recipe's preset for CPUs (e.g. configs/cifar10_scratch.py:cpu), named when the recipe itself would train for hours on a CPU.
   config.batch_eval = 512  # Global evaluation batch.
   config.accum_steps = 1  # Micro-batches per step (gradient accumulation to fit memory).
   config.optimizer = 'sgd'  # 'sgd' (with momentum), 'adamw', or 'muon' (encoder kernels; undecayed Adam for the rest).

@@ -217,3 +217,21 @@ def test_unknown_preset_is_refused():
     cifar10_scratch.get_config('tpu')
   with pytest.raises(ValueError, match='224 or 384'):
     cifar10_finetune.get_config('512')
+
+
+def test_a_long_run_on_a_cpu_is_told_its_time_and_the_cpu_preset():
+  gpu, cpu = cifar10_scratch.get_config(), cifar10_scratch.get_config('cpu')
+  hours = 3 * 3600.0
+  warning = train.long_on_cpu_warning(gpu, 'runs/s/', 'cpu', hours, 9000)
+  assert warning == (
+      'This recipe is sized for an accelerator: on this CPU its 9000 steps '
+      'left take about 3h00m (1.2 s a step). For a CPU, train the preset '
+      'meant for it: python -m vit_jax.main --config '
+      'configs/cifar10_scratch.py:cpu --workdir runs/s_cpu.')
+  assert train.long_on_cpu_warning(gpu, 'w', 'gpu', hours, 9000) is None
+  assert train.long_on_cpu_warning(gpu, 'w', 'cpu', 3000.0, 9000) is None
+  # A time budget keeps the CPU preset within its minutes.
+  assert train.long_on_cpu_warning(cpu, 'w', 'cpu', hours, 9000) is None
+  no_preset = train.long_on_cpu_warning(cifar10_finetune.get_config(), 'w',
+                                        'cpu', hours, 9000)
+  assert 'has no preset for CPUs' in no_preset
