@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -223,3 +224,95 @@ def _read_until_closed(fd):
     chunks.append(chunk)
   os.close(fd)
   return b''.join(chunks)
+
+
+def _closed_port_url() -> str:
+  """A URL nothing listens on: what being offline looks like."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return f'http://127.0.0.1:{s.getsockname()[1]}'
+
+
+def _error_lines(output):
+  """The output's lines from its one `Error:` line on (a message may have
+  indented detail lines below it)."""
+  errors = [i for i, line in enumerate(output.splitlines())
+            if line.startswith('Error:')]
+  assert len(errors) == 1, output
+  return output.splitlines()[errors[0]:]
+
+
+def test_offline_fine_tuning_without_weights_is_an_error_and_leaves_nothing(
+    tmp_path, image_folder):
+  workdir, empty = tmp_path / 'new' / 'w', tmp_path / 'empty'
+  empty.mkdir()
+  offline = _closed_port_url()
+  process = run_cli(
+      ['--config', 'configs/cifar10_finetune.py', '--workdir', str(workdir),
+       f'--config.pretrained_dir={empty}', '--config.model_name=ViT-Ti_16',
+       f'--config.dataset={image_folder}', '--config.pp.train=train',
+       '--config.pp.test=test', '--config.pp.crop=32', '--config.batch=8',
+       '--config.batch_eval=4', '--config.accum_steps=1'],
+      env_extra={'VIT_JAX_BUCKET_URL': offline, 'HF_ENDPOINT': offline,
+                 'HF_HOME': str(tmp_path / 'hf')})
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 1, output
+  assert 'Traceback' not in output and 'oneDNN' not in output, output
+  error = _error_lines(output)
+  assert error[0] == ('Error: Could not get pretrained weights for '
+                      'ViT-Ti_16. Tried, in order:'), output
+  assert all(line.startswith(' ') or line[:1].isupper() for line in error)
+  assert any(f'{empty}/ViT-Ti_16.npz' in line for line in error)
+  # Nothing the failed run made stays: not the workdir, nor its parent.
+  assert not (tmp_path / 'new' / 'w').exists(), os.listdir(tmp_path / 'new')
+  assert os.listdir(empty) == []
+
+
+def test_failing_in_an_existing_workdir_leaves_it_as_it_was(tmp_path):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'notes.txt').write_text('mine')
+  process = run_cli(_args(str(workdir), str(tmp_path / 'no_such_data')))
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 1, output
+  assert 'Traceback' not in output and _error_lines(output)
+  assert os.listdir(workdir) == ['notes.txt']  # No checkpoints/, lock.json.
+
+
+def test_evaluate_on_a_missing_workdir_says_the_workdir_is_missing(tmp_path):
+  missing = str(tmp_path / 'runs' / 'does_not_exist')
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.evaluate', '--workdir', missing],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 1
+  assert result.stdout == ''
+  assert result.stderr.strip().splitlines() == [
+      f"Error: --workdir '{missing}' does not exist. Pass the workdir of a "
+      'finished vit_jax.main run (it holds model.npz and run.json), or a '
+      'parameter file with --checkpoint.']  # Not: fetch 'does_not_exist'.
+
+
+def test_the_accelerator_recipe_on_a_cpu_names_the_cpu_preset(
+    tmp_path, image_folder):
+  workdir = str(tmp_path / 'gpu_recipe')
+  process = run_cli(
+      ['--config', 'configs/cifar10_scratch.py', '--workdir', workdir,
+       f'--config.dataset={image_folder}', '--config.model_name=testing',
+       '--config.model.patch_size=8', '--config.model.num_layers=1',
+       '--config.pp.train=train', '--config.pp.test=test',
+       '--config.batch=8', '--config.batch_eval=4',
+       # Days even at a millisecond a step.
+       '--config.total_steps=1000000000', '--config.progress_every=1000'])
+  lines, deadline = [], time.monotonic() + 240
+  while not any('sized for an accelerator' in line for line in lines):
+    assert time.monotonic() < deadline and process.poll() is None, lines
+    lines.append(process.stdout.readline())
+  process.kill()
+  process.communicate()
+  warning = [line for line in lines if 'sized for an accelerator' in line]
+  assert len(warning) == 1 and warning[0].startswith('W'), lines
+  assert 'on this CPU its 999999998 steps left take about ' in warning[0]
+  assert warning[0].rstrip().endswith(
+      'For a CPU, train the preset meant for it: python -m vit_jax.main '
+      f'--config configs/cifar10_scratch.py:cpu --workdir {workdir}_cpu.')

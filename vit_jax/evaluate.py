@@ -22,6 +22,7 @@ import jax
 
 from vit_jax import checkpoint
 from vit_jax import cli
+from vit_jax import inference
 from vit_jax import input_pipeline
 from vit_jax import plots
 from vit_jax import reports
@@ -51,6 +52,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   try:
+    if args.workdir:
+      inference.require_workdir(args.workdir)
     summary = reports.evaluate_checkpoint(
         args.workdir or args.checkpoint, model_name=args.model_name,
         dataset=args.dataset, tfds_data_dir=args.tfds_data_dir,

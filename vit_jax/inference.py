@@ -160,8 +160,22 @@ class TrainedModel:
     return self.model.num_classes
 
 
+def require_workdir(workdir: str):
+  """A --workdir that is not a folder is a missing (or mistyped) run, not
+  a model name to download, which is what a missing file would be told."""
+  if not checkpoint.is_remote(workdir) and not os.path.isdir(workdir):
+    what = ('is a file, not a run folder' if os.path.exists(workdir) else
+            'does not exist')
+    raise FileNotFoundError(
+        f'--workdir {workdir!r} {what}. Pass the workdir of a '
+        'finished vit_jax.main run (it holds model.npz and run.json), or a '
+        'parameter file with --checkpoint.')
+
+
 def load_from_args(args) -> TrainedModel:
   """The model named by cli.Parser.add_trained_model's flags."""
+  if args.workdir:
+    require_workdir(args.workdir)
   return load_model(args.workdir or args.checkpoint, args.model_name,
                     args.labels)
 
