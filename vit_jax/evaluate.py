@@ -24,6 +24,7 @@ from vit_jax import checkpoint
 from vit_jax import cli
 from vit_jax import input_pipeline
 from vit_jax import plots
+from vit_jax import preemption
 from vit_jax import reports
 
 
@@ -76,4 +77,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(preemption.exit_on_ctrl_c(main, 'no output is left half-written.'))

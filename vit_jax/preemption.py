@@ -31,10 +31,10 @@ Which step all processes save:
 import contextlib
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterator, Optional
 
-from absl import logging
 
 EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): stopped, rerun to resume.
 INTERRUPTED_STATUS = 130  # Ctrl-C outside training: 128 + SIGINT, as shells do.
@@ -140,3 +140,13 @@ def grace_warning(state_bytes: int, grace_seconds: float,
           'scheduled checkpoint (config.checkpoint_every). Ask the scheduler '
           'for a longer grace period, or save more often.')
 
+
+
+def exit_on_ctrl_c(main: Callable[[], int], kept: str) -> int:
+  """Runs a command line's main; Ctrl-C ends it with one line saying what
+  is kept (`kept`), no traceback, and INTERRUPTED_STATUS."""
+  try:
+    return main()
+  except KeyboardInterrupt:
+    print(f'Interrupted: {kept}', file=sys.stderr, flush=True)
+    return INTERRUPTED_STATUS
