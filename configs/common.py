@@ -79,6 +79,7 @@ def get_config():
   config.checkpoint_every = 1000  # Steps between checkpoints (and at the end).
   config.eval_count = 0  # > 0: that many evaluations and checkpoints, evenly over total_steps (overrides eval_every, checkpoint_every).
   config.keep_checkpoints = 2  # Checkpoints kept in workdir/checkpoints.
+  config.preemption_grace_seconds = 30.0  # Seconds a scheduler allows between SIGTERM and kill; a save estimated to take longer is warned about at start (0: no check).
   config.lock_stale_minutes = 30  # A workdir lock from another host with no heartbeat (progress line) this long is taken over.
   config.seed = 0  # Seeds initialisation, data order, augmentation and dropout.
 

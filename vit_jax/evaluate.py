@@ -25,6 +25,7 @@ from vit_jax import cli
 from vit_jax import inference
 from vit_jax import input_pipeline
 from vit_jax import plots
+from vit_jax import preemption
 from vit_jax import reports
 
 
@@ -79,4 +80,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(preemption.exit_on_ctrl_c(main, 'no output is left half-written.'))

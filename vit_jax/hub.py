@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 
 from vit_jax import checkpoint
 from vit_jax import cli
+from vit_jax import preemption
 
 log = logging.getLogger(__name__)
 
@@ -643,4 +644,6 @@ def sources_table() -> str:
 
 
 if __name__ == '__main__':
-  raise SystemExit(main())
+  raise SystemExit(preemption.exit_on_ctrl_c(
+      main, 'a download stops in its .partial file and resumes next time; '
+      'no file is written under its final name unless complete.'))

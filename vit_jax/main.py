@@ -12,6 +12,12 @@ with several tasks or of a TPU slice that names its workers
 (TPU_WORKER_HOSTNAMES, MEGASCALE_COORDINATOR_ADDRESS). On Cloud TPU VM pod
 slices libtpu connects the hosts by itself. Only process 0 logs at INFO.
 
+SIGTERM (preemption) or Ctrl-C during training: the step in progress
+finishes, its checkpoint is saved, the workdir is released and one line says
+so; the exit status is 75 (EX_TEMPFAIL: rerun the same command to resume). A
+second signal during that save aborts it at once (the previous checkpoint
+stays). Ctrl-C before training starts exits with 130 (preemption.py).
+
 The console shows the project's own lines: a progress bar on a terminal
 (progress.py), and the libraries' warnings and errors; --verbose adds the
 libraries' INFO lines and the config.
@@ -29,6 +35,7 @@ import jax
 from ml_collections import config_flags
 from vit_jax import cli
 from vit_jax import host_memory
+from vit_jax import preemption
 from vit_jax import progress
 from vit_jax import workdir_lock
 
@@ -90,6 +97,13 @@ def main(argv, started: float):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, started)
   except _explained_errors() as e:
     sys.exit(f'Error: {e}')  # The message says what to do; no traceback.
+  except preemption.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_STATUS)
+  except KeyboardInterrupt:  # Before training started: nothing to save.
+    print('Interrupted before training started; nothing new to save.',
+          file=sys.stderr, flush=True)
+    sys.exit(preemption.INTERRUPTED_STATUS)
 
 
 def _explained_errors() -> tuple[type[Exception], ...]:

@@ -19,6 +19,7 @@ from vit_jax import checkpoint
 from vit_jax import cli
 from vit_jax import image_io
 from vit_jax import inference
+from vit_jax import preemption
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -54,4 +55,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(preemption.exit_on_ctrl_c(main, 'nothing was written.'))

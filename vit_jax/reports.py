@@ -6,10 +6,11 @@ a workdir or parameter file, runs every example of the split once
 per-class accuracy and the confusion matrix) and `confusion_<split>.png`.
 """
 
+import contextlib
 import json
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -100,7 +101,22 @@ def write_outputs(summary: dict[str, Any], out: str, split: str,
   tag = split_tag(split)
   json_path = os.path.join(out, f'eval_{tag}.json')
   png_path = os.path.join(out, f'confusion_{tag}.png')
-  with open(json_path, 'w') as f:
+  with _complete_or_absent(json_path) as partial, open(partial, 'w') as f:
     json.dump(summary, f, indent=2)
-  plot_confusion(summary, png_path, title)
+  with _complete_or_absent(png_path) as partial:
+    plot_confusion(summary, partial, title)
   return json_path, png_path
+
+
+@contextlib.contextmanager
+def _complete_or_absent(path: str) -> Iterator[str]:
+  """Yields a name to write `path`'s content to, renamed to `path` when
+  complete: an interrupted write (Ctrl-C) leaves no half-written output."""
+  root, ext = os.path.splitext(path)
+  partial = f'{root}.partial{ext}'  # The extension tells savefig the format.
+  try:
+    yield partial
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)

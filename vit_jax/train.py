@@ -36,6 +36,7 @@ from vit_jax import metrics
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import plots
+from vit_jax import preemption
 from vit_jax import preprocess
 from vit_jax import progress
 from vit_jax import recovery
@@ -348,9 +349,8 @@ def measure_costs(trainer: Trainer, started: float) -> budget.Costs:
       elapsed=time.monotonic() - started, step=step_s / _MEASURED_STEPS,
       compile=compile_s,
       eval=per_batch * math.ceil(num_examples / batch),
-      # Estimated, not timed (a test save would stay in the workdir): a
-      # second, plus the state written at 100 MB/s.
-      save=1.0 + state_bytes / 100e6)
+      # Estimated, not timed (a test save would stay in the workdir).
+      save=preemption.estimated_save_seconds(state_bytes))
 
 
 def _from_process_0(value: int) -> int:
@@ -448,10 +448,13 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
   clock = progress.Clock(start, total, config.batch)
   reporter = progress.Reporter(clock, config.progress_every, is_main)
   trainer.reporter = reporter
+  warn_if_save_exceeds_grace(trainer)
   pending, pending_from, interval_start = [], start, time.monotonic()
   summary = {}
   start_time = time.monotonic()
-  try:
+  signals = preemption.stop_on_signals(jax.process_count() > 1,
+                                       trainer.manager.reached_preemption)
+  with signals as stop_request, contextlib.closing(reporter):
     for step in range(start, total):
       images, labels = trainer.train_batch(step)
       frozen = step < config.freeze_steps
@@ -466,8 +469,10 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
         jax.block_until_ready(loss)  # One step timed: the run's length.
         warn_if_long_on_cpu(config, workdir, clock.eta(done), total - done)
       is_last = done == total
+      # Every process asks at every step: they must agree where to stop.
+      stopping = not is_last and stop_request.should_stop(done)
       flush = (done % config.progress_every == 0 or is_last or
-               done % config.checkpoint_every == 0)
+               done % config.checkpoint_every == 0 or stopping)
       if flush:
         losses, finite = map(np.array, zip(*sharding.to_host(pending)))
         _check_finite(losses, finite, pending_from, trainer)
@@ -486,7 +491,7 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
         reporter.step(done, scalars['train_loss'])
       elif reporter.wants_loss():
         _show_newest_finished(reporter, pending, pending_from)
-      if done % config.eval_every == 0 or is_last:
+      if (done % config.eval_every == 0 or is_last) and not stopping:
         eval_start = time.monotonic()
         scalars = trainer.evaluate()
         scalars['train_seconds'] = time.monotonic() - start_time
@@ -497,10 +502,10 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
         summary.update(scalars)
         if is_main:
           draw_curves(workdir)
+      if stopping:
+        stop_after_saving(trainer, stop_request, done)
       if done % config.checkpoint_every == 0 or is_last:
         trainer.save_checkpoint(done)
-  finally:
-    reporter.close()
   if start >= total:  # Already finished: evaluate the restored model.
     scalars = trainer.evaluate()
     _note_best(summary, scalars, total)
@@ -518,6 +523,34 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
     logging.info('%s', progress.summary_table(summary, workdir,
                                               _outputs(workdir)))
   return summary
+
+
+def stop_after_saving(trainer: Trainer, stop_request: preemption.StopRequest,
+                      step: int):
+  """Saves `step` as a scheduled save would, flushes the metrics and raises
+  Preempted (the workdir lock is released on the way out). An evaluation
+  due at this step is skipped: the grace period is for the save."""
+  preemption.abort_on_next_signal()  # A second signal: the old one stays.
+  begin = time.monotonic()
+  trainer.save_checkpoint(step)
+  with trainer.explain_failed_save():
+    trainer.manager.wait_until_finished()
+  trainer.writer.close()
+  logging.info('Saved the checkpoint of step %d in %.1f s.', step,
+               time.monotonic() - begin)
+  raise preemption.Preempted(stop_request.describe(), step,
+                             str(trainer.manager.directory))
+
+
+def warn_if_save_exceeds_grace(trainer: Trainer):
+  """One warning at start if a save after SIGTERM may outlast the grace
+  period (estimated from the size of the state)."""
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(trainer.state))
+  warning = preemption.grace_warning(
+      state_bytes, trainer.config.preemption_grace_seconds,
+      jax.process_count() > 1)
+  if warning and jax.process_index() == 0:
+    logging.warning('%s', warning)
 
 
 def _show_newest_finished(reporter: progress.Reporter, pending: list,
