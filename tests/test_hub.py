@@ -429,7 +429,11 @@ def test_cli_failure_exits_1_with_the_message(tmp_path, capsys):
   code = hub.main(['fetch', 'ViT-B_16', '--pretrained_dir', str(tmp_path), '--quiet',
                    '--source', _closed_port_url()])
   assert code == 1
-  assert 'offline?' in capsys.readouterr().err
+  err = capsys.readouterr().err
+  error_lines = [l for l in err.splitlines() if l.startswith('Error:')]
+  assert error_lines == [
+      'Error: Could not get pretrained weights for ViT-B_16. Tried, in order:']
+  assert 'offline?' in err and 'Traceback' not in err
 
 
 def test_parse_source_understands_hub_urls_and_paths():

@@ -627,7 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  cache_dir=args.cache_dir, hf_endpoint=args.hf_endpoint,
                  progress=not args.quiet, force=args.force)
   except (FetchError, ValueError) as e:
-    print(e, file=sys.stderr)
+    print(f'Error: {e}', file=sys.stderr)  # Says what was tried and what to do.
     return 1
   print(path)
   return 0
