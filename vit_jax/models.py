@@ -9,6 +9,7 @@ and the module classes are importable from here. Beyond the original,
 a ViT runs (`attention_plan`) before anything is traced.
 """
 
+import dataclasses
 from typing import Optional, Union
 
 import jax
@@ -33,12 +34,16 @@ def get_model(name: str, num_classes: Optional[int] = None,
               **overrides) -> Model:
   """The module of model `name` with `num_classes` outputs (0/None: none).
 
-  `overrides`: module fields, or the flat options of
-  `configs.models.model_config` (e.g. `patch_size=8, num_layers=2`).
+  `overrides`: the flat options of `configs.models.model_config` (e.g.
+  `patch_size=8, num_layers=2`), or module fields (`encoder=...`).
   """
-  config = model_configs.model_config(name, **overrides)
   cls = MlpMixer if model_configs.is_mixer(name) else VisionTransformer
-  return cls(num_classes=num_classes, **config)
+  in_config = set(model_configs.model_config(name))
+  fields = {f.name for f in dataclasses.fields(cls)} - in_config
+  direct = {k: v for k, v in overrides.items() if k in fields}
+  config = model_configs.model_config(
+      name, **{k: v for k, v in overrides.items() if k not in fields})
+  return cls(num_classes=num_classes, **config, **direct)
 
 
 def num_tokens(model: VisionTransformer, image_size: int,
