@@ -122,7 +122,7 @@ def main():
               ('head', 'pre_logits')]
   assert 'pre_logits/kernel' not in frozen  # representation_size is None.
   posemb = 'Transformer/posembed_input/pos_embedding'
-  pretrained[posemb] = checkpoint.resize_posemb(  # As loading does.
+  pretrained[posemb] = checkpoint.interpolate_posembed(  # As loading does.
       pretrained[posemb], frozen[posemb].shape[1], True)
   identical = all(frozen[k].tobytes() == pretrained[k].tobytes()
                   for k in backbone)

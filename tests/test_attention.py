@@ -19,7 +19,8 @@ BF16 = jnp.bfloat16
 
 
 def _config(name, **overrides):
-  return models.model_config(name, **overrides)
+  """The model whose attention plan is asked for (10 classes)."""
+  return models.get_model(name, 10, **overrides)
 
 
 # (id, config, image size, training, backend) -> (kernel, length, padded).
@@ -187,15 +188,14 @@ def test_num_tokens_is_what_the_attention_sees(monkeypatch):
   monkeypatch.setattr(attention, 'plan_attention', recording_plan)
   for overrides in (dict(classifier='token'), dict(classifier='gap'),
                     dict(classifier='token', patch_dropout=0.5)):
-    config = _config('testing', patch_size=4, **overrides)
-    model = models.VisionTransformer(config=config, num_classes=10)
+    model = _config('testing', patch_size=4, **overrides)
     images = jnp.zeros((2, 32, 32, 3))
     params = model.init(jax.random.key(0), images)['params']
     for train in (False, True):
       seen.clear()
       model.apply({'params': params}, images, train=train,
                   rngs={'dropout': jax.random.key(1)})
-      assert seen == [(models.num_tokens(config, 32, train), train)]
+      assert seen == [(models.num_tokens(model, 32, train), train)]
 
 
 def test_cudnn_asked_for_off_gpu_names_the_way_out():

@@ -32,7 +32,7 @@ def test_report_has_positive_speed_flops_and_mfu(mode):
 
 
 def test_train_counts_three_forward_passes():
-  config = models.model_config('ViT-B_16')
+  config = models.get_model('ViT-B_16', 1000)
   forward = speed.forward_flops(config, 224, 1000)
   # ~17.6 GMACs: the published ViT-B/16 figure.
   assert 35e9 < forward < 35.3e9
@@ -58,4 +58,4 @@ def test_compare_timm_without_torch_says_how_to_get_it(monkeypatch):
   monkeypatch.setitem(__import__('sys').modules, 'torch', None)
   args = benchmark.parse_args(_TINY + ['--compare', 'timm'])
   with pytest.raises(SystemExit, match='pip install'):
-    speed.TimmRunner(args, models.model_config('testing'))
+    speed.TimmRunner(args, models.get_model('testing', 10))

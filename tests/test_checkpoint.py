@@ -9,6 +9,7 @@ import pytest
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.configs import models as model_configs
 
 TINY = dict(hidden_size=16, mlp_dim=24, num_heads=2, num_layers=2,
             patch_size=8)
@@ -115,7 +116,9 @@ def test_load_pretrained_replaces_head_and_drops_pre_logits(
   checkpoint.save(params, path)
   new_model = models.get_model('ViT-Ti_16', 3, **TINY)  # No pre_logits.
   init = new_model.init(jax.random.PRNGKey(5), _images())['params']
-  loaded = checkpoint.load_pretrained(path, init, new_model.config)
+  loaded = checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init,
+      model_config=model_configs.model_config('ViT-Ti_16', **TINY))
   assert 'pre_logits' not in loaded
   assert loaded['head']['kernel'].shape == (16, 3)
   np.testing.assert_array_equal(loaded['head']['kernel'],
@@ -130,7 +133,10 @@ def test_load_pretrained_keeps_pre_logits_with_representation(
   path = str(tmp_path / 'pre.npz')
   checkpoint.save(params, path)
   init = model.init(jax.random.PRNGKey(5), _images())['params']
-  loaded = checkpoint.load_pretrained(path, init, model.config)
+  loaded = checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init,
+      model_config=model_configs.model_config(
+          'ViT-Ti_16', representation_size=12, **TINY))
   np.testing.assert_array_equal(loaded['pre_logits']['kernel'],
                                 params['pre_logits']['kernel'])
 
@@ -142,7 +148,9 @@ def test_load_pretrained_resizes_position_embeddings(tmp_path,
   checkpoint.save(params, path)  # 32px / patch 8: 4x4 grid + class token.
   new_model = models.get_model('ViT-Ti_16', 10, **TINY)
   init = new_model.init(jax.random.PRNGKey(5), _images(size=48))['params']
-  loaded = checkpoint.load_pretrained(path, init, new_model.config)
+  loaded = checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init,
+      model_config=model_configs.model_config('ViT-Ti_16', **TINY))
   old = params['Transformer']['posembed_input']['pos_embedding']
   new = loaded['Transformer']['posembed_input']['pos_embedding']
   assert new.shape == (1, 37, 16)  # 6x6 grid + class token.
@@ -154,19 +162,41 @@ def test_load_pretrained_resizes_position_embeddings(tmp_path,
   assert _logits(new_model, loaded, _images(size=48)).shape == (2, 10)
 
 
-def test_resize_posemb_is_identity_at_equal_size():
+def test_interpolate_posembed_is_identity_at_equal_size():
   posemb = np.random.default_rng(0).normal(size=(1, 17, 8)).astype(np.float32)
-  np.testing.assert_array_equal(checkpoint.resize_posemb(posemb, 17, True),
-                                posemb)
+  np.testing.assert_array_equal(
+      checkpoint.interpolate_posembed(posemb, 17, True), posemb)
 
 
-def test_resize_posemb_without_class_token_resizes_the_whole_grid():
+@pytest.mark.parametrize('old_side,new_side', [(14, 24), (4, 8), (24, 14)])
+def test_interpolate_posembed_maps_grid_corners_to_corners(old_side,
+                                                           new_side):
+  """The original's resizing (scipy zoom, order 1) puts the old grid's
+  corners on the new grid's corners and is linear in between: a grid that
+  is linear in (row, column) stays that linear function, sampled at
+  new position i * (old_side - 1) / (new_side - 1). Half-pixel-centred
+  resizing (jax.image.resize) samples elsewhere and fails this."""
+  rows, cols = np.meshgrid(np.arange(old_side), np.arange(old_side),
+                           indexing='ij')
+  grid = np.stack([rows, 2.0 * cols + rows], -1).astype(np.float32)
+  cls = np.full((1, 1, 2), 7.0, np.float32)
+  posemb = np.concatenate([cls, grid.reshape(1, -1, 2)], axis=1)
+  resized = checkpoint.interpolate_posembed(posemb, 1 + new_side**2, True)
+  np.testing.assert_array_equal(resized[:, :1], cls)
+  at = np.arange(new_side) * (old_side - 1) / (new_side - 1)
+  new_rows, new_cols = np.meshgrid(at, at, indexing='ij')
+  expected = np.stack([new_rows, 2.0 * new_cols + new_rows], -1)
+  # float32 arithmetic on values up to 3 * old_side.
+  np.testing.assert_allclose(resized[0].reshape(new_side, new_side, 2),
+                             expected, atol=3 * old_side * 1e-6)
+
+
+def test_interpolate_posembed_without_class_token_resizes_the_whole_grid():
   grid = np.arange(16, dtype=np.float32).reshape(1, 16, 1)
-  resized = checkpoint.resize_posemb(grid, 64, has_class_token=False)
+  resized = checkpoint.interpolate_posembed(grid, 64, has_class_token=False)
   assert resized.shape == (1, 64, 1)
-  # A linear ramp stays monotone along each row after bilinear resizing.
   rows = resized.reshape(8, 8)
-  assert np.all(np.diff(rows, axis=1) >= 0)
+  np.testing.assert_allclose(rows[0], np.linspace(0, 3, 8), atol=1e-6)
 
 
 def test_load_pretrained_casts_to_the_model_dtype(tmp_path, model_and_params):
@@ -174,7 +204,10 @@ def test_load_pretrained_casts_to_the_model_dtype(tmp_path, model_and_params):
   path = str(tmp_path / 'pre.npz')
   checkpoint.save(jax.tree.map(lambda x: x.astype(np.float16), params), path)
   init = model.init(jax.random.PRNGKey(5), _images())['params']
-  loaded = checkpoint.load_pretrained(path, init, model.config)
+  loaded = checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init,
+      model_config=model_configs.model_config(
+          'ViT-Ti_16', representation_size=12, **TINY))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(loaded))
 
 
@@ -233,7 +266,11 @@ def test_architecture_mismatch_lists_keys_and_names_the_fitting_model(
                            num_heads=2, num_layers=3, patch_size=8)
   init = other.init(jax.random.PRNGKey(0), _images())['params']
   with pytest.raises(checkpoint.CheckpointError) as err:
-    checkpoint.load_pretrained(path, init, other.config)
+    checkpoint.load_pretrained(
+        pretrained_path=path, init_params=init,
+        model_config=model_configs.model_config(
+            'ViT-Ti_16', hidden_size=16, mlp_dim=32, num_heads=2,
+            num_layers=3, patch_size=8))
   message = str(err.value)
   assert 'pre.npz does not fit this model' in message
   assert 'missing (16)' in message  # All of encoderblock_2's arrays.

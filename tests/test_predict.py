@@ -92,7 +92,7 @@ def test_a_bare_published_file_gives_the_workdirs_answer(workdir, tmp_path):
   path = _image(tmp_path / 'a.jpg')
   from_run = inference.predict_files(inference.load_model(workdir), [path])
   bare = inference.load_model(os.path.join(workdir, 'model.npz'))
-  assert bare.image_size == 32 and bare.model.config.patch_size == 8
+  assert bare.image_size == 32 and bare.model.patches['size'] == (8, 8)
   from_file = inference.predict_files(bare, [path])
   assert [p for _, p in from_file[0]] == pytest.approx(
       [p for _, p in from_run[0]], abs=1e-6)

@@ -19,7 +19,6 @@ import numpy as np
 
 from vit_jax import convert
 from vit_jax import layout as tree_layout
-from vit_jax import models
 
 FETCH_HINT = ('Get it with `python -m vit_jax.hub fetch {name}` (tries the '
               'original bucket, then the Hugging Face Hub), or put the file '
@@ -158,22 +157,25 @@ def _atomic_write(path: str, write_fn):
     raise
 
 
-def resize_posemb(posemb_1xLxD: np.ndarray, num_tokens: int,
-                  has_class_token: bool) -> np.ndarray:
-  """Resizes position embeddings to a new patch grid (e.g. 224px -> 384px).
+def interpolate_posembed(posemb, num_tokens: int, has_class_token: bool):
+  """Position embeddings resized to a new patch grid (224px -> 384px).
 
-  The class token's embedding is kept aside; the grid is resized bilinearly.
+  As the original repository does it, so that fine-tuning at a new
+  resolution starts from the same weights: the class token's embedding is
+  kept aside and the grid is zoomed with `scipy.ndimage.zoom(order=1)`
+  (linear, grid corners on grid corners).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  if posemb_1xLxD.shape[1] == num_tokens:
-    return posemb_1xLxD
+  import scipy.ndimage  # pylint: disable=g-import-not-at-top
+  posemb = np.asarray(posemb)
+  if posemb.ndim != 3 or posemb.shape[0] != 1:
+    raise CheckpointError(f'Position embeddings of shape {posemb.shape}; '
+                          'expected (1, tokens, width).')
   n_extra = 1 if has_class_token else 0
-  extra, grid = posemb_1xLxD[:, :n_extra], posemb_1xLxD[0, n_extra:]
+  extra, grid = posemb[:, :n_extra], posemb[0, n_extra:]
   old_side, new_side = _side(len(grid)), _side(num_tokens - n_extra)
   grid = grid.reshape(old_side, old_side, -1)
-  grid = np.asarray(jax.image.resize(
-      grid.astype(np.float32), (new_side, new_side, grid.shape[-1]),
-      method='bilinear'), dtype=posemb_1xLxD.dtype)
+  zoom = (new_side / old_side, new_side / old_side, 1)
+  grid = scipy.ndimage.zoom(grid, zoom, order=1)
   return np.concatenate([extra, grid.reshape(1, new_side * new_side, -1)], 1)
 
 
@@ -185,26 +187,31 @@ def _side(num_patches: int) -> int:
   return side
 
 
-def load_pretrained(pretrained_path: str, init_params: Mapping[str, Any],
-                    model_config: models.ViTConfig) -> dict[str, Any]:
+def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
+                    model_config: Mapping[str, Any]) -> dict[str, Any]:
   """Pretrained weights fitted to a new task's freshly initialised params.
 
-  Takes the head from `init_params` (any number of classes), drops
-  `pre_logits` when the new model has no representation layer, resizes
-  position embeddings to the new patch grid, checks every key and shape, and
-  casts to the parameter dtypes of `init_params`. PyTorch layouts are read
-  with the heads of `model_config`.
+  The original's signature: `model_config` is the model's config
+  (`configs.models`). Takes the head from `init_params` (any number of
+  classes), drops `pre_logits` when the new model has no
+  `representation_size`, resizes position embeddings to the new patch grid
+  (`interpolate_posembed`), checks every key and shape, and casts to the
+  parameter dtypes of `init_params`. PyTorch layouts are read with the
+  heads of `model_config`.
   """
-  restored = load(pretrained_path, model_config.num_heads)
+  transformer = model_config.get('transformer') or {}
+  restored = load(pretrained_path, transformer.get('num_heads'))
   restored['head'] = init_params['head']
-  if model_config.representation_size is None:
+  if model_config.get('representation_size') is None:
     restored.pop('pre_logits', None)
   posemb = restored.get('Transformer', {}).get('posembed_input', {})
   init_posemb = init_params['Transformer']['posembed_input']['pos_embedding']
-  if 'pos_embedding' in posemb:
-    posemb['pos_embedding'] = resize_posemb(
+  if ('pos_embedding' in posemb
+      and posemb['pos_embedding'].shape != init_posemb.shape):
+    posemb['pos_embedding'] = interpolate_posembed(
         posemb['pos_embedding'], init_posemb.shape[1],
-        model_config.classifier == 'token')
+        model_config.get('classifier', 'token') in ('token',
+                                                    'token_unpooled'))
   check_compatible(flatten(restored), flatten(init_params), pretrained_path)
   init_flat = flatten(init_params)
   return unflatten({k: np.asarray(v, dtype=init_flat[k].dtype)

@@ -35,7 +35,7 @@ def attention_weights(model, params, images) -> jax.Array:
   return jnp.stack([
       encoder[f'encoderblock_{i}']['MultiHeadDotProductAttention_0'][
           'attention_weights'][0].astype(jnp.float32)
-      for i in range(model.config.num_layers)])
+      for i in range(model.transformer['num_layers'])])
 
 
 def rollout(weights_NxBxHxLxL: jax.Array) -> jax.Array:
@@ -73,7 +73,7 @@ def attention_maps(trained: inference.TrainedModel,
   """'rollout' and 'last_layer' maps, [B, grid, grid] in [0, 1], and 'probs'."""
   images = preprocess.eval_images(jnp.asarray(images_u8), trained.image_size)
   weights = attention_weights(trained.model, trained.params, images)
-  has_cls = trained.model.config.classifier == 'token'
+  has_cls = trained.model.has_class_token
   logits = trained.model.apply({'params': trained.params}, images,
                                train=False)
   return {
@@ -124,5 +124,5 @@ def visualize_file(trained: inference.TrainedModel, image_path: str,
   title = (f'{os.path.basename(image_path)}: {trained.class_names[best]} '
            f'({maps["probs"][best]:.2f})')
   save_overlay(image, maps, out, title,
-               trained.model.config.classifier == 'token')
+               trained.model.has_class_token)
   return maps

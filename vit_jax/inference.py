@@ -33,6 +33,7 @@ from vit_jax import models
 from vit_jax import preprocess
 from vit_jax import sharding
 from vit_jax import xla_options
+from vit_jax.configs import models as model_configs
 
 RUN_FILE = 'run.json'
 MODEL_FILE = 'model.npz'
@@ -56,9 +57,16 @@ def model_overrides(config) -> dict[str, Any]:
   return overrides
 
 
+def model_config(config):
+  """The model's config in the original's nested form (what the
+  `VisionTransformer` fields and `checkpoint.load_pretrained` take)."""
+  return model_configs.model_config(config.model_name,
+                                    **model_overrides(config))
+
+
 def make_model(config, num_classes: int) -> models.VisionTransformer:
-  return models.get_model(config.model_name, num_classes,
-                          **model_overrides(config))
+  return models.VisionTransformer(num_classes=num_classes,
+                                  **model_config(config))
 
 
 def init_params(model, image_size: int, seed: int, out_sharding=None):
@@ -227,8 +235,9 @@ def _load_file(path: str, model_name: Optional[str]) -> TrainedModel:
     model = models.get_model(model_name, num_classes,
                              **_inference_overrides(head))
   else:
-    model = models.VisionTransformer(
-        models.ViTConfig(**_inference_overrides(found)), num_classes)
+    arch = model_configs.vit_config(model_name=layout.describe(
+        checkpoint.flatten(params)), **found)
+    model = models.VisionTransformer(num_classes=num_classes, **arch)
   _check_fits(model, params, image_size, path)
   return TrainedModel(model, params, image_size, default_names(num_classes),
                       path, None)

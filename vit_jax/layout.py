@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from vit_jax import models
+from vit_jax.configs import models as model_configs
 
 TORCH_LAYOUTS = ('timm', 'transformers')
 
@@ -142,7 +142,7 @@ def heads_for_width(width: int) -> int:
   width splits into heads; the width of every named size does.
   """
   by_width = {hidden: heads
-              for hidden, _, heads, _ in models.MODEL_SIZES.values()}
+              for hidden, _, heads, _ in model_configs.VIT_SIZES.values()}
   if width not in by_width:
     raise CheckpointError(
         f'Cannot tell how many attention heads a width-{width} ViT has: '
@@ -172,7 +172,8 @@ class Architecture:
   @property
   def name(self) -> str:
     """The table name ('ViT-B_16') or a description of an unnamed size."""
-    return models.name_for(self.hidden_size, self.num_layers, self.patch_size)
+    return model_configs.name_for(self.hidden_size, self.num_layers,
+                                  self.patch_size)
 
 
 def read_architecture(flat: Mapping[str, Any]) -> Optional[Architecture]:
@@ -213,7 +214,8 @@ def describe(flat: Mapping[str, Any]) -> str:
 
 
 def architecture_of(params: Mapping[str, Any], path: str) -> dict[str, Any]:
-  """ViTConfig fields, num_classes and image_size of a complete classifier.
+  """`configs.models.vit_config` arguments, num_classes and image_size of
+  a complete classifier.
 
   For building the model a file was trained as; raises CheckpointError
   naming what is missing when the file is not a whole classifier.

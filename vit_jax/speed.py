@@ -51,29 +51,30 @@ PEAK_TFLOPS = (
 # ---------------------------------------------------------------- FLOPs, peak.
 
 
-def forward_flops(config: models.ViTConfig, image_size: int,
+def forward_flops(model: models.VisionTransformer, image_size: int,
                   num_classes: int) -> float:
   """Matmul FLOPs of one image's forward pass (2 per multiply-add)."""
-  d, m, p = config.hidden_size, config.mlp_dim, config.patch_size
+  d, m = model.hidden_size, model.transformer['mlp_dim']
+  p = model.patches['size'][0]
   patches = (image_size // p) ** 2
-  tokens = patches + (config.classifier == 'token')
+  tokens = patches + model.has_class_token
   macs = patches * p * p * 3 * d  # Patch embedding.
   # q, k, v, out projections + MLP, then QK^T and AV.
   per_layer = tokens * (4 * d * d + 2 * d * m) + 2 * tokens * tokens * d
-  macs += config.num_layers * per_layer
+  macs += model.transformer['num_layers'] * per_layer
   width = d
-  if config.representation_size:
-    macs += d * config.representation_size
-    width = config.representation_size
+  if model.representation_size:
+    macs += d * model.representation_size
+    width = model.representation_size
   macs += width * num_classes
   return 2.0 * macs
 
 
-def step_flops(config: models.ViTConfig, image_size: int, num_classes: int,
-               mode: str) -> float:
+def step_flops(model: models.VisionTransformer, image_size: int,
+               num_classes: int, mode: str) -> float:
   """Model FLOPs per image of a step: a train step counts 3 forward passes
   (the backward pass has two matmuls per forward one)."""
-  forward = forward_flops(config, image_size, num_classes)
+  forward = forward_flops(model, image_size, num_classes)
   return 3 * forward if mode == 'train' else forward
 
 
@@ -153,7 +154,7 @@ class JaxRunner:
     self.mode = args.mode
     config = bench_config(args)
     model = inference.make_model(config, NUM_CLASSES)
-    self.model_config = model.config
+    self.model = model
     mesh = sharding.make_mesh()
     sharding.check_batch_sizes(config, mesh)
     rng = np.random.default_rng(0)
@@ -233,22 +234,23 @@ def _import_timm():
   return timm, torch
 
 
-def _timm_vit(c: models.ViTConfig, image_size: int):
+def _timm_vit(model: models.VisionTransformer, image_size: int):
   """timm's VisionTransformer with our architecture (tanh GELU, as ours)."""
   from timm.models import vision_transformer  # pylint: disable=g-import-not-at-top
+  t = model.transformer
   return vision_transformer.VisionTransformer(
-      img_size=image_size, patch_size=c.patch_size, embed_dim=c.hidden_size,
-      depth=c.num_layers, num_heads=c.num_heads,
-      mlp_ratio=c.mlp_dim / c.hidden_size, num_classes=NUM_CLASSES,
-      class_token=c.classifier == 'token',
-      global_pool='token' if c.classifier == 'token' else 'avg',
+      img_size=image_size, patch_size=model.patches['size'][0],
+      embed_dim=model.hidden_size, depth=t['num_layers'],
+      num_heads=t['num_heads'], mlp_ratio=t['mlp_dim'] / model.hidden_size,
+      num_classes=NUM_CLASSES, class_token=model.has_class_token,
+      global_pool='token' if model.classifier == 'token' else 'avg',
       act_layer='gelu_tanh')
 
 
 class TimmRunner:
   """The same architecture in timm: AdamW step or inference, same batch."""
 
-  def __init__(self, args, model_config: models.ViTConfig):
+  def __init__(self, args, ours: models.VisionTransformer):
     timm, torch = _import_timm()
     self.torch = torch
     self.mode = args.mode
@@ -257,7 +259,7 @@ class TimmRunner:
     if cuda:
       torch.backends.cuda.matmul.allow_tf32 = True  # As JAX's default.
       torch.backends.cudnn.allow_tf32 = True
-    model = _timm_vit(model_config, args.image_size).to(self.device)
+    model = _timm_vit(ours, args.image_size).to(self.device)
     model.train(self.mode == 'train')
     self.optimizer = None
     if self.mode == 'train':
@@ -350,14 +352,14 @@ def _peak_memory() -> tuple[Optional[float], str]:
 
 
 def build_report(args, setup: Setup, speeds: list[float],
-                 model_config: models.ViTConfig,
+                 model: models.VisionTransformer,
                  timm: Optional[tuple[Setup, list[float]]],
                  load_at_start: Optional[list[float]]) -> dict[str, Any]:
   """All numbers of a run, JSON-serialisable."""
   device = jax.devices()[0]
   devices = jax.device_count()
   img_s = statistics.median(speeds)
-  flops_image = step_flops(model_config, args.image_size, NUM_CLASSES,
+  flops_image = step_flops(model, args.image_size, NUM_CLASSES,
                            args.mode)
   tflops = img_s * flops_image / 1e12
   peak, peak_source = (
@@ -369,7 +371,7 @@ def build_report(args, setup: Setup, speeds: list[float],
       'image_size': args.image_size, 'dtype': args.dtype,
       'attention_impl': args.attention_impl,
       'attention_used': models.attention_plan(
-          model_config, args.image_size, args.mode == 'train').describe(),
+          model, args.image_size, args.mode == 'train').describe(),
       'remat': args.remat,
       'fp8': args.fp8,
       'reuse_host_memory': args.reuse_host_memory,
@@ -486,7 +488,7 @@ def run(args) -> dict[str, Any]:
   runners = [ours]
   timm_setup = None
   if args.compare == 'timm':
-    runners.append(TimmRunner(args, ours.model_config))
+    runners.append(TimmRunner(args, ours.model))
     timm_setup = runners[1].compile()
   speeds = measure(runners, rounds=args.rounds, steps=args.steps,
                    warmup=args.warmup, batch=args.batch)
@@ -494,5 +496,5 @@ def run(args) -> dict[str, Any]:
   if timm_setup:
     timm_setup.peak_memory_gb = runners[1].peak_memory_gb()
     timm = (timm_setup, speeds[1])
-  return build_report(args, setup, speeds[0], ours.model_config, timm,
+  return build_report(args, setup, speeds[0], ours.model, timm,
                       load_at_start)

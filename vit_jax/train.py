@@ -138,8 +138,9 @@ def _fresh_state(model, tx, config, replicated) -> inference.TrainState:
     # The file if it is there, else downloaded (bucket, then Hugging Face).
     path = cluster.fetch_pretrained(config.model_name, config.pretrained_dir)
     logging.info('Loading pretrained weights from %s', path)
-    loaded = checkpoint.load_pretrained(path, sharding.to_host(params),
-                                        model.config)
+    loaded = checkpoint.load_pretrained(
+        pretrained_path=path, init_params=sharding.to_host(params),
+        model_config=inference.model_config(config))
     params = jax.device_put(loaded, replicated)
   return inference.new_train_state(params, tx, bool(config.ema_decay),
                                    replicated)
@@ -168,16 +169,16 @@ def _no_pretrained(config):
   return unlocked
 
 
-def log_attention_plans(model_config: models.ViTConfig, image_size: int):
+def log_attention_plans(model: models.VisionTransformer, image_size: int):
   """Says once, at start, which attention kernel runs and why."""
   for train, phase in ((True, 'Training'), (False, 'Evaluation')):
-    plan = models.attention_plan(model_config, image_size, train)
+    plan = models.attention_plan(model, image_size, train)
     logging.info('%s: %s.', phase, plan.describe())
 
 
-def warn_if_fp8_emulated(model_config: models.ViTConfig):
+def warn_if_fp8_emulated(model: models.VisionTransformer):
   """FP8 only pays on GPUs with FP8 GEMMs; elsewhere it is said once."""
-  if model_config.fp8:
+  if model.fp8:
     warning = fp8.emulation_warning(jax.devices()[0])
     if warning:
       logging.warning(warning)
@@ -198,8 +199,8 @@ class Trainer:
     self.train_split, self.test_split = load_data(config)
     num_classes = self.train_split.info.num_classes
     self.model = inference.make_model(config, num_classes)
-    log_attention_plans(self.model.config, config.pp.crop)
-    warn_if_fp8_emulated(self.model.config)
+    log_attention_plans(self.model, config.pp.crop)
+    warn_if_fp8_emulated(self.model)
     self.tx = optim.make_optimizer(config)
     self.lr_fn = optim.learning_rate_fn(config)
     self.manager = ocp.CheckpointManager(
