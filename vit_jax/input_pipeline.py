@@ -12,6 +12,10 @@ Sources: any TFDS image classification dataset by name (read from
 `config.tfds_data_dir`, else TFDS_DATA_DIR, else the TFDS default; downloaded
 and prepared there on first use unless `config.tfds_download` is False), or
 an image folder laid out `{train,test}/<class>/*.jpg|png`.
+
+The original repository's tf.data API (`get_datasets`, `get_data_from_tfds`,
+`get_dataset_info`, ...) is at the end: the same sources, as datasets of
+preprocessed batches for `jax.pmap`.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def load_split(config, split: str
   else:
     images, labels, class_names = _load_tfds(
         config.dataset, _tfds_data_dir(config), split, source_size,
-        config.tfds_download)
+        config.tfds_download, config.get('tfds_manual_dir'))
   if not len(labels):
     raise DataError(f'Split {split!r} of dataset {config.dataset!r} is empty.')
   info = DatasetInfo(num_classes=len(class_names), class_names=class_names,
@@ -187,7 +191,8 @@ def _tfds_data_dir(config) -> str | None:
 
 
 def _load_tfds(name: str, data_dir: str | None, split: str,
-               source_size: int | None, download: bool):
+               source_size: int | None, download: bool,
+               manual_dir: str | None = None):
   tf, _ = _tensorflow()
   builder = _tfds_builder(name, data_dir)
   image_key, label_key = _image_label_keys(builder.info, name)
@@ -195,7 +200,7 @@ def _load_tfds(name: str, data_dir: str | None, split: str,
   try:
     dataset = builder.as_dataset(split=split, shuffle_files=False)
   except AssertionError:  # How TFDS reports "not prepared".
-    _prepare_once_per_cluster(builder, name, download)
+    _prepare_once_per_cluster(builder, name, download, manual_dir)
     builder = _tfds_builder(name, data_dir)  # Metadata of the prepared set.
     dataset = builder.as_dataset(split=split, shuffle_files=False)
   dataset = dataset.map(
@@ -251,16 +256,33 @@ def _check_native_size(info, name: str, image_key: str,
         '--config.pp.source_size=N to resize them to NxN when loading.')
 
 
-def _prepare_once_per_cluster(builder, name: str, download: bool) -> None:
-  """Downloads and prepares `builder`'s dataset: once per shared data dir."""
+def _prepared_builder(name: str, data_dir: str | None, download: bool,
+                      manual_dir: str | None):
+  """The dataset's builder, once its data is downloaded and prepared."""
+  builder = _tfds_builder(name, data_dir)
+  if builder.is_prepared():
+    return builder
+  _prepare_once_per_cluster(builder, name, download, manual_dir)
+  return _tfds_builder(name, data_dir)  # Metadata of the prepared set.
+
+
+def _prepare_once_per_cluster(builder, name: str, download: bool,
+                              manual_dir: str | None = None) -> None:
+  """Downloads and prepares `builder`'s dataset: once per shared data dir.
+
+  manual_dir: where tfds looks for files that must be fetched by hand
+  (`config.tfds_manual_dir`, e.g. ImageNet's archives).
+  """
   if not download:
     raise DataError(_not_prepared_message(
         builder, name, 'Downloading is off (--config.tfds_download=False).'))
-  cluster.once_per_cluster(lambda: _download_and_prepare(builder, name),
-                           builder.is_prepared, f'prepare TFDS {name!r}')
+  cluster.once_per_cluster(
+      lambda: _download_and_prepare(builder, name, manual_dir),
+      builder.is_prepared, f'prepare TFDS {name!r}')
 
 
-def _download_and_prepare(builder, name: str) -> None:
+def _download_and_prepare(builder, name: str,
+                          manual_dir: str | None = None) -> None:
   """tfds's download_and_prepare (progress bars included); on failure, one
   message that says what was tried and the ways out, and nothing left that
   a later run would mistake for data."""
@@ -275,7 +297,9 @@ def _download_and_prepare(builder, name: str) -> None:
   dataset_dir_existed = os.path.exists(dataset_dir)
   try:
     _check_reachable(builder)
-    builder.download_and_prepare()
+    _, tfds = _tensorflow()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir))
   except Exception as error:  # pylint: disable=broad-except
     # Network, HTTP, checksum or disk errors all end the same way.
     for leftover in _download_leftovers(data_root) - before:
@@ -454,10 +478,10 @@ class _FolderSplits(collections.abc.Mapping):
   file ranges with exactly the rounding it uses for TFDS datasets.
   """
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, classes_split: str = 'train'):
     self._root = root
     self._listed = {}
-    self.class_names = tuple(_class_folders(root, 'train'))
+    self.class_names = tuple(_class_folders(root, classes_split))
 
   def __iter__(self):
     return iter(sorted(name for name in os.listdir(self._root)
@@ -559,3 +583,228 @@ def _allocate_images(count: int, first: np.ndarray, path: str) -> np.ndarray:
     raise DataError(f'{path} is {width}x{height}, not square; set '
                     '--config.pp.source_size=N to resize images to NxN.')
   return np.empty((count, *first.shape), np.uint8)
+
+
+# ------------------------------------------ the original's tf.data pipeline --
+# google-research/vision_transformer's input_pipeline API, for code written
+# against it (its notebook, its train.py): tf.data datasets of preprocessed
+# float batches, shaped [local devices, batch / local devices, ...] for
+# `jax.pmap`. Datasets are found, downloaded and listed by the same code as
+# `load_split` above, so both read the same examples with the same labels.
+
+
+def get_tfds_info(dataset, split, *, data_dir=None):
+  """The original's info dict for a TFDS dataset; see `get_dataset_info`.
+
+  data_dir: None reads TFDS_DATA_DIR, else TFDS's default, as tfds does.
+  """
+  return _tfds_info(_tfds_builder(dataset, data_dir), dataset, split)
+
+
+def _tfds_info(builder, name: str, split: str) -> dict:
+  """num_examples of `split` (slices too), classes and their names."""
+  _, label_key = _image_label_keys(builder.info, name)
+  num_examples = _tfds_split_size(builder.info, split)
+  if num_examples is None:
+    if not builder.is_prepared():
+      raise DataError(_not_prepared_message(
+          builder, name, 'Its splits are known once it is prepared.'))
+    raise DataError(f'TFDS dataset {name!r} has no split {split!r}; its '
+                    f'splits: {sorted(builder.info.splits)}.')
+  labels = builder.info.features[label_key]
+  return dict(num_examples=num_examples, num_classes=labels.num_classes,
+              int2str=labels.int2str, examples_glob=None)
+
+
+def get_directory_info(directory):
+  """The original's info dict for one split folder `ROOT/SPLIT`.
+
+  Classes are the subfolders of ROOT/train when it exists (so every split
+  numbers them alike, even one that lacks a class), else of `directory`.
+  examples_glob matches the images (a list of globs when the folder mixes
+  extensions: tf.io.gfile.glob and tf.data's list_files take either).
+  """
+  listing, class_names = _directory_split(directory)
+  extensions = sorted({os.path.splitext(path)[1] for path in listing.paths})
+  globs = [os.path.join(directory, '*', f'*{ext}') for ext in extensions]
+  return dict(num_examples=len(listing.paths), num_classes=len(class_names),
+              int2str=class_names.__getitem__,
+              examples_glob=globs[0] if len(globs) == 1 else globs)
+
+
+def _directory_split(directory: str) -> tuple[_FolderSplit, tuple[str, ...]]:
+  """The split folder's (paths, labels) and the class names, as load_split
+  lists them."""
+  root, split = os.path.split(os.path.normpath(os.path.expanduser(directory)))
+  _class_folders(root, split)  # A missing or malformed split says so.
+  classes_split = 'train' if os.path.isdir(os.path.join(root, 'train')) else (
+      split)
+  splits = _FolderSplits(root, classes_split)
+  return splits[split], splits.class_names
+
+
+def get_dataset_info(dataset, split):
+  """Information about `split` of a TFDS dataset or an image folder.
+
+  Returns the original's dict: num_examples (of the split; TFDS slices such
+  as 'test[:90%]' are counted), num_classes, int2str (class id -> name) and
+  examples_glob (the split's files; None for TFDS).
+  """
+  folder = _image_folder_path(dataset)
+  if folder is not None:
+    return get_directory_info(os.path.join(folder, split))
+  return get_tfds_info(dataset, split)
+
+
+def get_datasets(config):
+  """(ds_train, ds_test) for `config.dataset`, a TFDS name or image folder."""
+  folder = _image_folder_path(config.dataset)
+  if folder is None:
+    logging.info('Reading dataset from tfds %r', config.dataset)
+    return (get_data_from_tfds(config=config, mode='train'),
+            get_data_from_tfds(config=config, mode='test'))
+  logging.info('Reading dataset from image folder %r', folder)
+  return tuple(get_data_from_directory(config=config, mode=mode,
+                                       directory=os.path.join(folder, mode))
+               for mode in ('train', 'test'))
+
+
+def get_data_from_directory(*, config, directory, mode):
+  """Batches of the images in `directory` (one subfolder per class).
+
+  Files are decoded by TensorFlow (JPEG, PNG, ...; 3 channels). In train
+  mode the file list is reshuffled every epoch before the shuffle buffer,
+  so a buffer smaller than the folder still mixes all classes.
+  """
+  tf, _ = _tensorflow()
+  listing, class_names = _directory_split(directory)
+  data = tf.data.Dataset.from_tensor_slices(
+      {'image': listing.paths, 'label': listing.labels})
+  if mode == 'train':
+    data = data.shuffle(len(listing.paths), reshuffle_each_iteration=True)
+  return get_data(
+      data=data, mode=mode, num_classes=len(class_names),
+      image_decoder=_decode_image_file, **_batching(config, mode,
+                                                    len(listing.paths)))
+
+
+def _decode_image_file(path):
+  """uint8 [H, W, 3] from an image file's path, inside a TF graph."""
+  tf, _ = _tensorflow()
+  return tf.io.decode_image(tf.io.read_file(path), channels=3,
+                            expand_animations=False)
+
+
+def _batching(config, mode: str, num_examples: int) -> dict:
+  """get_data's arguments that the original config decides."""
+  return dict(
+      repeats=None if mode == 'train' else 1,
+      batch_size=config.batch_eval if mode == 'test' else config.batch,
+      image_size=config.pp['crop'],
+      shuffle_buffer=min(num_examples, config.shuffle_buffer))
+
+
+def get_data_from_tfds(*, config, mode):
+  """Batches of split `config.pp[mode]` of TFDS dataset `config.dataset`.
+
+  The data dir is `config.tfds_data_dir`, else TFDS_DATA_DIR, else TFDS's
+  default; the dataset is downloaded and prepared there on first use
+  (`config.tfds_manual_dir` for files fetched by hand; no download when
+  `config.tfds_download` is False). Images stay encoded in the shuffle
+  buffer and are decoded after it, which keeps the buffer small.
+  """
+  tf, tfds = _tensorflow()
+  builder = _prepared_builder(
+      config.dataset, _tfds_data_dir(config), config.get('tfds_download', True),
+      config.get('tfds_manual_dir'))
+  image_key, label_key = _image_label_keys(builder.info, config.dataset)
+  split = config.pp[mode]
+  data = builder.as_dataset(split=split,
+                            decoders={image_key: tfds.decode.SkipDecoding()},
+                            shuffle_files=mode == 'train')
+  data = data.map(lambda example: {'image': example[image_key],
+                                   'label': example[label_key]},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  image_feature = builder.info.features[image_key]
+  info = _tfds_info(builder, config.dataset, split)
+  return get_data(
+      data=data, mode=mode, num_classes=info['num_classes'],
+      image_decoder=lambda encoded: _to_rgb(
+          image_feature.decode_example(encoded), None),
+      **_batching(config, mode, info['num_examples']))
+
+
+def get_data(*, data, mode, num_classes, image_decoder, repeats, batch_size,
+             image_size, shuffle_buffer, preprocess=None):
+  """A tf.data pipeline of {'image', 'label'} examples -> sharded batches.
+
+  Args (as the original's):
+    data: dataset of {'image': encoded image or path, 'label': int}.
+    mode: 'train' (shuffled, inception crop + flip) or 'test' (resize).
+    num_classes: for the one-hot labels.
+    image_decoder: applied to 'image' after shuffling, so that the shuffle
+      buffer holds encoded images.
+    repeats: epochs; None repeats forever.
+    batch_size: global batch of this host, split over its local devices.
+    image_size: side of the output images.
+    shuffle_buffer: examples in the shuffle buffer (train mode).
+    preprocess: optional map applied after shuffling, before decoding.
+
+  Returns:
+    Batches {'image': float32 [devices, batch / devices, size, size, 3] in
+    [-1, 1], 'label': one-hot float32 [devices, batch / devices,
+    num_classes]}; an incomplete last batch is dropped.
+  """
+  tf, _ = _tensorflow()
+  import jax  # pylint: disable=g-import-not-at-top
+  num_devices = jax.local_device_count()
+  if batch_size % num_devices:
+    raise DataError(f'Batch size {batch_size} cannot be split evenly across '
+                    f'{num_devices} local devices.')
+
+  def prepare(example):
+    image = image_decoder(example['image'])
+    if mode == 'train':
+      image = _inception_crop_and_flip(image, image_size)
+    else:
+      image = tf.image.resize(image, [image_size, image_size])
+    return {'image': (image - 127.5) / 127.5,
+            'label': tf.one_hot(example['label'], num_classes)}
+
+  def shard(batch):
+    return {key: tf.reshape(value, [num_devices, -1, *value.shape[1:]])
+            for key, value in batch.items()}
+
+  data = data.repeat(repeats)
+  if mode == 'train':
+    data = data.shuffle(shuffle_buffer)
+  if preprocess is not None:
+    data = data.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  data = data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  data = data.batch(batch_size, drop_remainder=True)
+  return data.map(shard, num_parallel_calls=tf.data.AUTOTUNE).prefetch(1)
+
+
+def _inception_crop_and_flip(image, image_size: int):
+  """A random crop of 5%-100% of the area (any aspect ratio within TF's
+  default 3/4-4/3), resized to image_size; flipped with probability 1/2."""
+  tf, _ = _tensorflow()
+  begin, size, _ = tf.image.sample_distorted_bounding_box(
+      tf.shape(image), tf.zeros([0, 0, 4], tf.float32),
+      area_range=(0.05, 1.0), min_object_covered=0,
+      use_image_if_no_bounding_boxes=True)
+  channels = image.shape[-1]
+  image = tf.slice(image, begin, size)
+  image.set_shape([None, None, channels])  # tf.slice forgets the channels.
+  image = tf.image.resize(image, [image_size, image_size])
+  return tf.image.random_flip_left_right(image)
+
+
+def prefetch(dataset, n_prefetch):
+  """An iterator of numpy batches; with n_prefetch, of device arrays
+  sharded over the local devices, n_prefetch batches ahead."""
+  batches = dataset.as_numpy_iterator()
+  if n_prefetch:
+    import flax.jax_utils  # pylint: disable=g-import-not-at-top
+    batches = flax.jax_utils.prefetch_to_device(batches, n_prefetch)
+  return batches

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import optax
 
+from vit_jax import utils
+
 HEAD_KEYS = ('head', 'pre_logits')
 # Parameters that weight decay skips (besides biases and norm scales).
 _NO_DECAY_KEYS = ('cls', 'pos_embedding')
@@ -22,18 +24,19 @@ _NO_DECAY_KEYS = ('cls', 'pos_embedding')
 
 def phase_schedule(base_lr: float, warmup_steps: int, total_steps: int,
                    decay_type: str) -> optax.Schedule:
-  """Linear warm-up to base_lr, then cosine or linear decay to zero."""
-  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-  decay_steps = max(total_steps - warmup_steps, 1)
-  if decay_type == 'cosine':
-    decay = optax.cosine_decay_schedule(base_lr, decay_steps)
-  elif decay_type == 'linear':
-    decay = optax.linear_schedule(base_lr, 0.0, decay_steps)
-  else:
+  """Linear warm-up to base_lr, then cosine or linear decay to zero.
+
+  The original's `utils.create_learning_rate_schedule` with linear_end=0
+  (one formula for both). The warm-up is cut to leave at least one decay
+  step, so a phase shorter than its warm-up still ends at zero.
+  """
+  if decay_type not in ('cosine', 'linear'):
     raise ValueError(f'decay_type must be "cosine" or "linear", got '
                      f'{decay_type!r}.')
-  warmup = optax.linear_schedule(0.0, base_lr, warmup_steps)
-  return optax.join_schedules([warmup, decay], [warmup_steps])
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  total_steps = max(total_steps, warmup_steps + 1)
+  return utils.create_learning_rate_schedule(
+      total_steps, base_lr, decay_type, warmup_steps, linear_end=0.0)
 
 
 def learning_rate_fn(config) -> optax.Schedule:

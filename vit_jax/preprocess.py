@@ -5,10 +5,17 @@ images (or, with data on device, only indices). Randomness comes from one key
 per step, so a batch's augmentation depends only on (seed, step). Arguments
 are explicit (sizes and the `aug` settings), so inference code calls
 `eval_images(x, crop)` without a training config.
+
+`PreprocessImages` is the original repository's TensorFlow preprocessing
+for inference (resize or resize + central crop), kept for code written
+against it.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vit_jax import augment
@@ -79,3 +86,68 @@ def eval_images(images_u8, crop: int):
   if images.dtype == jnp.uint8:
     return augment.normalize(images)
   return images / 127.5 - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessImages:
+  """The original's image preprocessing for inference: resize, [-1, 1].
+
+  `preprocess_tf(image)` works on one uint8 [H, W, C] image inside a
+  TensorFlow graph (e.g. `tf.data.Dataset.map`); calling the object on a
+  sequence of images returns a float32 numpy array [N, size, size, C].
+  TensorFlow is imported when one of them runs, so the on-device functions
+  above keep working on hosts without it.
+
+  Attributes:
+    size: Side of the output images.
+    crop: False: both sides resized to `size` (aspect ratio not kept). True:
+      the short side resized to `size` (aspect ratio kept), then the central
+      size x size crop.
+  """
+  size: int
+  crop: bool = False
+
+  def _resize_small(self, image):
+    """Bilinear resize so that the shorter side is `size`."""
+    tf = _tensorflow()
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    ratio = tf.cast(self.size, tf.float32) / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.round(shape * ratio), tf.int32)
+    return tf.image.resize(image, new_shape, method='bilinear')
+
+  def _crop(self, image):
+    """The central size x size window (offsets rounded down)."""
+    tf = _tensorflow()
+    offsets = (tf.shape(image)[:2] - self.size) // 2
+    return tf.image.crop_to_bounding_box(image, offsets[0], offsets[1],
+                                         self.size, self.size)
+
+  def preprocess_tf(self, image):
+    """uint8 [H, W, C] -> float32 [size, size, C] in [-1, 1], in a TF graph.
+
+    The resized image is truncated back to uint8 before scaling, as the
+    original does, so outputs are exactly the original's.
+    """
+    tf = _tensorflow()
+    if image.dtype != tf.uint8:
+      raise ValueError(f'PreprocessImages needs uint8 images, got '
+                       f'{image.dtype.name}.')
+    if self.crop:
+      image = self._crop(self._resize_small(image))
+    else:
+      image = tf.image.resize(image, [self.size, self.size],
+                              method='bilinear')
+    image = tf.cast(tf.cast(image, tf.uint8), tf.float32) / 255
+    return -1 + image * 2
+
+  def __call__(self, images):
+    """A sequence of uint8 images (sizes may differ) -> numpy [N, S, S, C]."""
+    tf = _tensorflow()
+    return np.stack([self.preprocess_tf(tf.constant(image)).numpy()
+                     for image in images])
+
+
+def _tensorflow():
+  """TensorFlow, imported on first use (GPU hosts may not have it)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf

@@ -41,8 +41,46 @@ from vit_jax import preprocess
 from vit_jax import progress
 from vit_jax import recovery
 from vit_jax import sharding
+from vit_jax import utils
 from vit_jax import workdir_lock
 from vit_jax import xla_options
+
+
+def make_update_fn(*, apply_fn, accum_steps, tx):
+  """The original notebook's pmapped update step, for code written for it.
+
+  Returns `update_fn_repl(params, opt_state, batch, rng) -> (params,
+  opt_state, loss, new_rng)`, mapped over the local devices with `jax.pmap`
+  (axis 'batch'; all arguments replicated or sharded along a leading device
+  axis; `params` donated). `batch` is {'image', 'label' (one-hot)} as
+  input_pipeline.get_data yields it; the loss is the mean cross-entropy,
+  gradients are accumulated over `accum_steps` micro-batches
+  (utils.accumulate_gradient) and averaged over devices, and `tx` is an
+  optax optimizer. Dropout keys differ per device (folded with the device
+  index) and `new_rng` is the next step's key. Our own trainer
+  (`make_train_step`) shards one jitted step instead.
+  """
+
+  def update_fn(params, opt_state, batch, rng):
+    _, new_rng = jax.random.split(rng)
+    dropout_rng = jax.random.fold_in(rng, jax.lax.axis_index('batch'))
+
+    def loss_fn(params, images, labels):
+      logits = apply_fn({'params': params}, rngs={'dropout': dropout_rng},
+                        inputs=images, train=True)
+      log_probs = jax.nn.log_softmax(logits)
+      return -jnp.mean(jnp.sum(log_probs * labels, axis=1))
+
+    loss, grads = utils.accumulate_gradient(
+        jax.value_and_grad(loss_fn), params, batch['image'], batch['label'],
+        accum_steps)
+    grads = jax.lax.pmean(grads, axis_name='batch')
+    updates, opt_state = tx.update(grads, opt_state)
+    params = optax.apply_updates(params, updates)
+    loss = jax.lax.pmean(loss, axis_name='batch')
+    return params, opt_state, loss, new_rng
+
+  return jax.pmap(update_fn, axis_name='batch', donate_argnums=(0,))
 
 
 def load_data(config) -> tuple[sharding.Split, sharding.Split]:
