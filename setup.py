@@ -6,7 +6,7 @@ setuptools.setup(
     name='vit_jax',
     version='0.1.0',
     description='Vision Transformer (ViT) training and fine-tuning in JAX/Flax.',
-    packages=['vit_jax', 'configs'],
+    packages=['vit_jax', 'vit_jax.configs'],
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.5',
@@ -19,6 +19,8 @@ setuptools.setup(
         'ml-collections>=1.0',
         'chex>=0.1.89',
         'numpy>=1.26',
+        'scipy',  # Position embeddings resized as the original does (ndimage.zoom).
+        'einops',  # MLP-Mixer's token rearrangement.
         'absl-py',
         'etils[epath]',  # Remote paths (gs://) for checkpoints.
         'safetensors>=0.4',  # timm / transformers weights without torch.

@@ -72,14 +72,14 @@ def check_case(name: str, tiny: bool, batch: int) -> dict:
   with jax.default_matmul_precision('highest'):
     ref_logits, ref_grads = _logits_and_grads(reference, params, images,
                                               labels)
-  results = {'tokens': models.num_tokens(reference.config, size, True)}
+  results = {'tokens': models.num_tokens(reference, size, True)}
   for kernel in KERNELS:
     if kernel == 'cudnn' and jax.default_backend() != 'gpu':
       results[kernel] = {'skipped': 'needs a GPU'}
       continue
     model = models.get_model(model_name, 10, attention_impl=kernel,
                              dtype=jnp.bfloat16, **overrides)
-    plan = models.attention_plan(model.config, size, True)
+    plan = models.attention_plan(model, size, True)
     logits, grads = _logits_and_grads(model, params, images, labels)
     flat = flat_leaves(grads)
     results[kernel] = {

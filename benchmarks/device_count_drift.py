@@ -27,10 +27,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(args):
-  from configs import cifar10_scratch  # pylint: disable=g-import-not-at-top
-  config = cifar10_scratch.get_config('cpu')
+  from vit_jax import cli  # pylint: disable=g-import-not-at-top
+  config = cli.load_config_file(
+      os.path.join(_REPO, 'configs', 'cifar10_scratch.py:cpu,model=testing'))
   with config.unlocked():
-    config.model_name = 'testing'
     config.batch = 32
     config.total_steps = args.total_steps
     config.tfds_data_dir = args.tfds_data_dir

@@ -84,7 +84,9 @@ def main_command(args, pretrained_dir: str, dataset: str, workdir: str):
   if args.tfds_data_dir:
     command.append(f'--config.tfds_data_dir={args.tfds_data_dir}')
   if args.tiny:
-    command += [f'--config.model.{k}={v}' for k, v in TINY.items()]
+    command += ['--config.model.hidden_size=64',
+                *(f'--config.model.transformer.{k}={v}' for k, v in
+                  TINY.items() if k != 'hidden_size')]
   return command
 
 

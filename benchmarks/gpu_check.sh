@@ -75,8 +75,10 @@ if [ -n "$TINY" ]; then
   SCRATCH_ARGS=(--config.total_steps=20 --config.eval_every=10
                 --config.checkpoint_every=20 --config.progress_every=10
                 --config.batch=32 --config.batch_eval=500
-                --config.model.hidden_size=32 --config.model.mlp_dim=32
-                --config.model.num_heads=2 --config.model.num_layers=1
+                --config.model.hidden_size=32
+                --config.model.transformer.mlp_dim=32
+                --config.model.transformer.num_heads=2
+                --config.model.transformer.num_layers=1
                 --config.pp.test=test)
   BENCH_ARGS=(--model_name testing --image_size 32 --dtype bfloat16 --steps 2
               --warmup 1 --rounds 1)

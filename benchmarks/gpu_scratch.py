@@ -17,12 +17,15 @@ import os
 
 from absl import logging
 
-from configs import cifar10_scratch
+from vit_jax import cli
 from vit_jax import train
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(args):
-  config = cifar10_scratch.get_config(args.preset)
+  config = cli.load_config_file(
+      os.path.join(_REPO, 'configs', f'cifar10_scratch.py:{args.preset}'))
   with config.unlocked():
     config.dataset = args.data
     config.train_minutes = args.train_seconds / 60

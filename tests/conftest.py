@@ -26,6 +26,13 @@ def load_benchmark_script(name: str):
   return module
 
 
+def experiment_config(name: str, arg=None):
+  """configs/<name>.py's get_config(arg), read as --config reads the file."""
+  from vit_jax import cli  # pylint: disable=g-import-not-at-top
+  spec = os.path.join(REPO, 'configs', f'{name}.py')
+  return cli.load_config_file(f'{spec}:{arg}' if arg else spec)
+
+
 def hlo_computations(hlo: str) -> dict[str, str]:
   """A compiled module's text (`.as_text()`), by computation name
   (ENTRY's under its own name): each computation's lines."""

@@ -154,7 +154,8 @@ def _pad_xla_plans(monkeypatch, multiple=8):
 def test_padded_model_gives_the_unpadded_logits_and_gradients(
     monkeypatch, classifier):
   model = models.get_model('testing', 10, patch_size=8, num_layers=2,
-                           classifier=classifier, attention_impl='xla')
+                           classifier=classifier, attention_impl='xla',
+                           dropout_rate=0.0, representation_size=10)
   images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1)
   params = model.init(jax.random.key(0), images)['params']
   params['head']['kernel'] = jax.random.normal(

@@ -87,11 +87,20 @@ def test_workdir_and_checkpoint_exclude_each_other(capsys):
 def test_main_takes_the_short_shared_names_as_config_keys():
   argv = ['prog', '--config', 'c.py', '--dataset', 'cifar10',
           '--tfds_data_dir=/data', '--config.batch=8', '--workdir', 'w',
-          '--model_name', 'testing']
+          '--batch', '16']
   assert cli.as_config_overrides(argv) == [
       'prog', '--config', 'c.py', '--config.dataset=cifar10',
       '--config.tfds_data_dir=/data', '--config.batch=8', '--workdir', 'w',
-      '--config.model_name=testing']
+      '--config.batch=16']
+
+
+@pytest.mark.parametrize('flag', ['--model_name', '--config.model_name'])
+def test_main_says_where_the_model_is_chosen(flag):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.as_config_overrides(['prog', f'{flag}=ViT-L_16'])
+  message = str(exit_info.value.code)
+  assert message.startswith(f'Error: {flag} is not a flag of vit_jax.main.')
+  assert 'cifar10_finetune.py:model=ViT-L_16' in message
 
 
 def test_main_uses_the_short_data_dir_flag(tmp_path):

@@ -5,11 +5,10 @@ import pathlib
 
 import pytest
 
-from configs import common
+from vit_jax.configs import common
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
-EXPERIMENTS = sorted(p for p in CONFIG_DIR.glob('*.py')
-                     if p.name not in ('__init__.py', 'common.py'))
+EXPERIMENTS = sorted(CONFIG_DIR.glob('*.py'))
 
 
 def _literal_assignments(path: pathlib.Path):
@@ -28,8 +27,12 @@ def _literal_assignments(path: pathlib.Path):
 
 
 def _base_value(key: str):
+  """The base config's value of `key`; None where the base has none (its
+  model and pp are set by the experiment)."""
   value = common.get_config()
   for part in key.split('.'):
+    if value is None:
+      return None
     value = value[part]
   return value
 

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import cifar10_scratch
+from tests.conftest import experiment_config
 from tests.conftest import make_image_folder
 from vit_jax import evaluate
 from vit_jax import predict
@@ -23,11 +23,10 @@ def fixture_trained_run(tmp_path_factory):
   # 7 test images per class: 21 examples, an awkward size for batches of 4.
   data = make_image_folder(root / 'data', train_per_class=4,
                            test_per_class=7)
-  config = cifar10_scratch.get_config('cpu')
+  config = experiment_config('cifar10_scratch', 'cpu,model=testing')
   with config.unlocked():
     config.dataset = data
-    config.model_name = 'testing'
-    config.model.patch_size = 8
+    config.model.patches.size = (8, 8)
     config.pp.train, config.pp.test = 'train', 'test'
     config.batch, config.batch_eval = 4, 4
     config.total_steps, config.warmup_steps = 3, 1

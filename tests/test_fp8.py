@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from configs import cifar10_scratch
+from tests.conftest import experiment_config
 from vit_jax import fp8
 from vit_jax import inference
 from vit_jax import models
@@ -226,7 +226,7 @@ def test_fp8_model_has_the_same_parameters_and_close_outputs():
 
 
 def test_config_key_reaches_the_trained_model_and_warns_off_gpu(caplog):
-  config = cifar10_scratch.get_config('cpu')
+  config = experiment_config('cifar10_scratch', 'cpu')
   with config.unlocked():
     config.model.fp8 = True
   model = inference.make_model(config, num_classes=10)
@@ -238,7 +238,7 @@ def test_config_key_reaches_the_trained_model_and_warns_off_gpu(caplog):
   # 4 blocks, fused q/k/v on CPU: 4 matmuls each, times 3 in training.
   assert fp8.count_fp8_matmuls(jax.make_jaxpr(step)(params))[0] == 48
   with caplog.at_level(logging.WARNING):
-    train.warn_if_fp8_emulated(model.config)
+    train.warn_if_fp8_emulated(model)
   assert any('FP8 matmuls are emulated' in r.getMessage()
              for r in caplog.records)
 

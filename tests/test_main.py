@@ -17,15 +17,15 @@ from vit_jax import checkpoint
 
 
 def _args(workdir, data, *extra):
-  return ['--config', 'configs/cifar10_scratch.py:cpu', '--workdir', workdir,
-          f'--config.dataset={data}', '--config.model_name=testing',
-          '--config.model.patch_size=8', '--config.pp.train=train',
+  return ['--config', 'configs/cifar10_scratch.py:cpu,model=testing',
+          '--workdir', workdir, f'--config.dataset={data}',
+          '--config.model.patches.size=(8, 8)', '--config.pp.train=train',
           '--config.pp.test=test', '--config.batch=8',
           '--config.batch_eval=4', '--config.total_steps=8',
           '--config.warmup_steps=2', '--config.progress_every=1',
           '--config.eval_every=4', '--config.checkpoint_every=2',
           '--config.aug.randaugment_ops=1', '--config.aug.mixup_alpha=0.5',
-          '--config.model.dropout_rate=0.1',
+          '--config.model.transformer.dropout_rate=0.1',
           # A fixed step count, evaluations and checkpoints (the preset's
           # own learning rate and optimizer).
           '--config.train_minutes=0', '--config.eval_count=0', *extra]
@@ -148,7 +148,7 @@ def test_a_budget_too_small_to_train_ends_with_one_line(tmp_path,
 
 def _quick_args(workdir, data, *extra):
   """8 steps of a one-layer model: evaluations at 4 and 8, a line every 4."""
-  return _args(workdir, data, '--config.model.num_layers=1',
+  return _args(workdir, data, '--config.model.transformer.num_layers=1',
                '--config.progress_every=4', '--config.checkpoint_every=4',
                *extra)
 
@@ -248,8 +248,8 @@ def test_offline_fine_tuning_without_weights_is_an_error_and_leaves_nothing(
   empty.mkdir()
   offline = _closed_port_url()
   process = run_cli(
-      ['--config', 'configs/cifar10_finetune.py', '--workdir', str(workdir),
-       f'--config.pretrained_dir={empty}', '--config.model_name=ViT-Ti_16',
+      ['--config', 'configs/cifar10_finetune.py:model=ViT-Ti_16',
+       '--workdir', str(workdir), f'--config.pretrained_dir={empty}',
        f'--config.dataset={image_folder}', '--config.pp.train=train',
        '--config.pp.test=test', '--config.pp.crop=32', '--config.batch=8',
        '--config.batch_eval=4', '--config.accum_steps=1'],
@@ -297,9 +297,9 @@ def test_the_accelerator_recipe_on_a_cpu_names_the_cpu_preset(
     tmp_path, image_folder):
   workdir = str(tmp_path / 'gpu_recipe')
   process = run_cli(
-      ['--config', 'configs/cifar10_scratch.py', '--workdir', workdir,
-       f'--config.dataset={image_folder}', '--config.model_name=testing',
-       '--config.model.patch_size=8', '--config.model.num_layers=1',
+      ['--config', 'configs/cifar10_scratch.py:model=testing',
+       '--workdir', workdir, f'--config.dataset={image_folder}',
+       '--config.model.patches.size=(8, 8)', '--config.model.transformer.num_layers=1',
        '--config.pp.train=train', '--config.pp.test=test',
        '--config.batch=8', '--config.batch_eval=4',
        # Days even at a millisecond a step.

@@ -18,14 +18,14 @@ from vit_jax import cli
 
 
 def _args(workdir, data):
-  return ['--config', 'configs/cifar10_scratch.py:cpu', '--workdir', workdir,
-          f'--config.dataset={data}', '--config.model_name=testing',
-          '--config.model.patch_size=8', '--config.pp.train=train',
+  return ['--config', 'configs/cifar10_scratch.py:cpu,model=testing',
+          '--workdir', workdir, f'--config.dataset={data}',
+          '--config.model.patches.size=(8, 8)', '--config.pp.train=train',
           '--config.pp.test=test', '--config.batch=8',
           '--config.batch_eval=4', '--config.total_steps=3',
           '--config.warmup_steps=1', '--config.progress_every=1',
           '--config.eval_every=3', '--config.checkpoint_every=2',
-          '--config.model.dropout_rate=0.1',
+          '--config.model.transformer.dropout_rate=0.1',
           # A fixed step count, evaluations and checkpoints (the preset's
           # own learning rate and optimizer).
           '--config.train_minutes=0', '--config.eval_count=0']

@@ -4,13 +4,14 @@ import jax
 import numpy as np
 import optax
 
-from configs import common
+from vit_jax.configs import common
 from vit_jax import models
 from vit_jax import optim
 
 
 def test_weight_decay_applies_to_kernels_only():
-  model = models.get_model('testing', num_classes=3, classifier='token')
+  model = models.get_model('testing', num_classes=3, classifier='token',
+                           representation_size=10)
   params = jax.eval_shape(lambda: model.init(
       jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params'])
   mask = optim.decay_mask(params)
@@ -65,6 +66,7 @@ def test_muon_update_is_orthogonal_over_all_heads():
   about [0.7, 1.2]); a random gradient's spread far wider."""
   config = common.get_config()
   config.optimizer, config.base_lr, config.warmup_steps = 'muon', 1.0, 0
+  config.total_steps, config.optim_dtype = 10, 'float32'
   config.weight_decay, config.grad_norm_clip = 0.0, 0.0
   params = _testing_params(num_heads=4)  # (8, 4, 2) query kernels.
   grads = jax.tree.map(

@@ -24,14 +24,14 @@ _TOTAL = {1: 120, 2: 40}
 
 def _args(workdir, data, total, *extra):
   """A run whose only scheduled checkpoint and evaluation are at its end."""
-  return ['--config', 'configs/cifar10_scratch.py:cpu', '--workdir', workdir,
-          f'--config.dataset={data}', '--config.model_name=testing',
-          '--config.model.patch_size=8', '--config.model.num_layers=1',
+  return ['--config', 'configs/cifar10_scratch.py:cpu,model=testing',
+          '--workdir', workdir, f'--config.dataset={data}',
+          '--config.model.patches.size=(8, 8)', '--config.model.transformer.num_layers=1',
           '--config.pp.train=train', '--config.pp.test=test',
           '--config.batch=8', '--config.batch_eval=4',
           f'--config.total_steps={total}', '--config.warmup_steps=2',
           '--config.progress_every=1', '--config.eval_every=1000',
-          '--config.checkpoint_every=1000', '--config.model.dropout_rate=0.1',
+          '--config.checkpoint_every=1000', '--config.model.transformer.dropout_rate=0.1',
           '--config.train_minutes=0', '--config.eval_count=0', *extra]
 
 

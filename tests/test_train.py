@@ -9,21 +9,31 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10_finetune
-from configs import cifar10_scratch
+from tests.conftest import experiment_config
 from vit_jax import checkpoint
 from vit_jax import inference
 from vit_jax import optim
 from vit_jax import sharding
 from vit_jax import train
+from vit_jax.configs import models as model_configs
+
+
+def scratch(arg=None):
+  return experiment_config('cifar10_scratch', arg)
+
+
+def finetune(arg=None):
+  return experiment_config('cifar10_finetune', arg)
 
 
 def _tiny(config, **changes):
   """A config shrunk to the `testing` model and a few steps."""
   with config.unlocked():
-    config.model_name = 'testing'
-    config.model.patch_size = 8
-    config.model.dtype = 'float32'
+    # The preset's model options, on the 'testing' architecture.
+    options = {k: config.model[k] for k in ('classifier', 'patch_dropout',
+                                             'stochastic_depth')}
+    config.model = model_configs.model_config(
+        'testing', patch_size=8, dropout_rate=0.0, **options)
     config.batch = 8
     config.batch_eval = 8
     config.accum_steps = 1
@@ -45,7 +55,7 @@ def _read_metrics(workdir):
 
 
 def test_scratch_config_runs_end_to_end_on_mock_cifar10(tmp_path):
-  config = _tiny(cifar10_scratch.get_config('cpu'),
+  config = _tiny(scratch('cpu'),
                  **{'aug.randaugment_ops': 2, 'aug.mixup_alpha': 0.8,
                     'aug.cutmix_alpha': 1.0, 'model.stochastic_depth': 0.1,
                     'ema_decay': 0.9})
@@ -78,12 +88,12 @@ def _pretrained_file(tmp_path, config):
   params = jax.tree.map(
       lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
   folder = tmp_path / 'pretrained'
-  checkpoint.save(params, str(folder / f'{config.model_name}.npz'))
+  checkpoint.save(params, str(folder / f'{config.model.model_name}.npz'))
   return str(folder), params
 
 
 def test_finetune_config_freezes_backbone_then_trains_everything(tmp_path):
-  config = _tiny(cifar10_finetune.get_config(), freeze_steps=3,
+  config = _tiny(finetune(), freeze_steps=3,
                  total_steps=5, **{'pp.crop': 32, 'pp.resize': 40})
   folder, pretrained = _pretrained_file(tmp_path, config)
   with config.unlocked():
@@ -121,7 +131,7 @@ def test_finetune_config_freezes_backbone_then_trains_everything(tmp_path):
 def test_frozen_step_computes_no_backbone_gradients(accum_steps):
   """Phase 1 spares the backbone's backward pass: its gradients are exact
   zeros (so XLA never computes them), while the head's are not."""
-  config = _tiny(cifar10_finetune.get_config())
+  config = _tiny(finetune())
   model = inference.make_model(config, num_classes=10)
   params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
   params['head'] = jax.tree.map(np.ones_like, params['head'])  # Not zero-init.
@@ -138,7 +148,7 @@ def test_frozen_step_computes_no_backbone_gradients(accum_steps):
 
 
 def test_missing_pretrained_file_says_where_and_how(tmp_path):
-  config = _tiny(cifar10_finetune.get_config(),
+  config = _tiny(finetune(),
                  pretrained_dir=str(tmp_path / 'nowhere'))
   with tfds.testing.mock_data(num_examples=20):
     with pytest.raises(FileNotFoundError) as err:
@@ -149,7 +159,7 @@ def test_missing_pretrained_file_says_where_and_how(tmp_path):
 
 def test_eval_sees_every_example_exactly_once(tmp_path, image_folder):
   # 3 classes x 3 test images = 9 examples in batches of 4: 4 + 4 + 1(+3 pad).
-  config = _tiny(cifar10_scratch.get_config('cpu'), dataset=image_folder,
+  config = _tiny(scratch('cpu'), dataset=image_folder,
                  batch_eval=4, **{'pp.train': 'train', 'pp.test': 'test'})
   trainer = train.Trainer(config, str(tmp_path / 'run'))
   result = inference.evaluate(trainer.eval_step, trainer.eval_params(),
@@ -159,7 +169,7 @@ def test_eval_sees_every_example_exactly_once(tmp_path, image_folder):
 
 
 def test_batch_not_divisible_is_refused(tmp_path):
-  config = _tiny(cifar10_scratch.get_config('cpu'), batch=6, accum_steps=4)
+  config = _tiny(scratch('cpu'), batch=6, accum_steps=4)
   with pytest.raises(ValueError, match=r'config.batch=6 must be divisible'):
     sharding.check_batch_sizes(config, sharding.make_mesh())
 
@@ -167,7 +177,7 @@ def test_batch_not_divisible_is_refused(tmp_path):
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, image_folder):
   summaries, params = {}, {}
   for accum in (1, 2):
-    config = _tiny(cifar10_scratch.get_config('cpu'), dataset=image_folder,
+    config = _tiny(scratch('cpu'), dataset=image_folder,
                    accum_steps=accum, total_steps=2,
                    **{'pp.train': 'train', 'pp.test': 'test',
                       'aug.label_smoothing': 0.0,
@@ -187,7 +197,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, image_folder):
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(
     tmp_path, image_folder):
-  config = _tiny(cifar10_scratch.get_config('cpu'), dataset=image_folder,
+  config = _tiny(scratch('cpu'), dataset=image_folder,
                  base_lr=1e30, warmup_steps=3, grad_norm_clip=0.0,
                  checkpoint_every=1, total_steps=50,
                  **{'pp.train': 'train', 'pp.test': 'test'})
@@ -204,8 +214,8 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(
 
 
 def test_configs_are_locked():
-  for config in (cifar10_finetune.get_config(), cifar10_finetune.get_config(
-      '384'), cifar10_scratch.get_config(), cifar10_scratch.get_config('cpu')):
+  for config in (finetune(), finetune(
+      '384'), scratch(), scratch('cpu')):
     with pytest.raises(AttributeError):
       config.batchsize = 8
     with pytest.raises(AttributeError):
@@ -213,14 +223,14 @@ def test_configs_are_locked():
 
 
 def test_unknown_preset_is_refused():
-  with pytest.raises(ValueError, match='Unknown preset'):
-    cifar10_scratch.get_config('tpu')
+  with pytest.raises(ValueError, match="Unknown config argument 'tpu'"):
+    scratch('tpu')
   with pytest.raises(ValueError, match='224 or 384'):
-    cifar10_finetune.get_config('512')
+    finetune('512')
 
 
 def test_a_long_run_on_a_cpu_is_told_its_time_and_the_cpu_preset():
-  gpu, cpu = cifar10_scratch.get_config(), cifar10_scratch.get_config('cpu')
+  gpu, cpu = scratch(), scratch('cpu')
   hours = 3 * 3600.0
   warning = train.long_on_cpu_warning(gpu, 'runs/s/', 'cpu', hours, 9000)
   assert warning == (
@@ -232,6 +242,6 @@ def test_a_long_run_on_a_cpu_is_told_its_time_and_the_cpu_preset():
   assert train.long_on_cpu_warning(gpu, 'w', 'cpu', 3000.0, 9000) is None
   # A time budget keeps the CPU preset within its minutes.
   assert train.long_on_cpu_warning(cpu, 'w', 'cpu', hours, 9000) is None
-  no_preset = train.long_on_cpu_warning(cifar10_finetune.get_config(), 'w',
+  no_preset = train.long_on_cpu_warning(finetune(), 'w',
                                         'cpu', hours, 9000)
   assert 'has no preset for CPUs' in no_preset

@@ -44,7 +44,7 @@ def exists(path: str) -> bool:
   return os.path.exists(path)
 
 
-def _open(path: str):
+def open_file(path: str):
   """Opens local or remote (gs://, https via etils) paths for reading."""
   if is_remote(path):
     from etils import epath  # pylint: disable=g-import-not-at-top
@@ -59,7 +59,7 @@ def read_flat(path: str) -> dict[str, np.ndarray]:
     name = os.path.splitext(os.path.basename(path))[0]
     raise FileNotFoundError(
         f'No parameter file at {path!r}. ' + FETCH_HINT.format(name=name))
-  with _open(path) as f:
+  with open_file(path) as f:
     data = f.read()
   if path.endswith('.safetensors'):
     return _read_safetensors(path, data)

@@ -7,7 +7,9 @@ command:
 
   --dataset        --config.dataset          TFDS name or image folder
   --tfds_data_dir  --config.tfds_data_dir    where TFDS datasets live
-  --model_name     --config.model_name       a size-table name, e.g. ViT-B_16
+  --model_name     --config.model_name       a model name, e.g. ViT-B_16
+                                             (not vit_jax.main's: there the
+                                             config names the model)
   --batch          --config.batch            global batch
   --pretrained_dir --config.pretrained_dir   where pretrained weights live
 
@@ -101,6 +103,12 @@ def _unrecognized(message: str) -> Optional[str]:
   return flags[0] if flags else message[len(prefix):].split()[0]
 
 
+MAIN_MODEL_HINT = (
+    'vit_jax.main takes the model from its config: --config=configs/'
+    'cifar10_finetune.py:model=ViT-L_16 (our configs), or the config of the '
+    'original\'s (vit_jax/configs/vit.py:l16,cifar10).')
+
+
 def as_config_overrides(argv: Sequence[str]) -> list[str]:
   """vit_jax.main's argv with the short shared names made config keys:
   `--dataset=X` or `--dataset X` becomes `--config.dataset=X`."""
@@ -108,6 +116,9 @@ def as_config_overrides(argv: Sequence[str]) -> list[str]:
   while args:
     arg = args.pop(0)
     name, eq, value = arg[2:].partition('=')
+    if arg.startswith('--') and name in ('model_name', 'config.model_name'):
+      sys.exit(f'Error: --{name} is not a flag of vit_jax.main. '
+               f'{MAIN_MODEL_HINT}')
     if arg.startswith('--') and name in SHARED_FLAGS:
       if not eq:
         if not args:
@@ -164,6 +175,17 @@ def _config_overrides(argv) -> list[str]:
           if a.startswith('--config.')]
 
 
+def load_config_file(spec: str):
+  """`path/to/config.py[:arg]` -> its get_config(arg), as --config reads it
+  (config files are files, not an installed package)."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_vit_jax_config',
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def _load_config_file(argv):
   """The config named by --config, loaded directly (for error hints only)."""
   for i, arg in enumerate(argv):
@@ -171,11 +193,7 @@ def _load_config_file(argv):
       value = arg.split('=', 1)[1]
     elif arg == '--config' and i + 1 < len(argv):
       value = argv[i + 1]
-  path, _, arg = value.partition(':')
-  spec = importlib.util.spec_from_file_location('_config_for_hint', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return load_config_file(value)
 
 
 def parse_flags_or_explain(flag_values, argv):

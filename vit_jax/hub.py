@@ -25,11 +25,13 @@ CLI: python -m vit_jax.hub fetch ViT-B_16 [--pretrained_dir checkpoints]
 """
 
 import contextlib
+import csv
 import dataclasses
 import fcntl
 import glob
 import hashlib
 import http.client
+import io
 import logging
 import os
 import socket
@@ -208,6 +210,33 @@ def fetch(name: str, pretrained_dir: str = DEFAULT_DIR,
              f' ({source.note})' if source.note else '')
     return path
   raise FetchError(_failure_message(name, dest, tried))
+
+
+AUGREG_INDEX = 'index.csv'  # The AugReg folder's table of its files.
+
+
+def best_augreg_file(name: str, directory: str) -> str:
+  """The AugReg file (without .npz) of model `name` ('B_16', 'R_Ti_16')
+  pre-trained on ImageNet-21k with the best final upstream validation
+  accuracy, from `directory`/index.csv: the original's default choice."""
+  path = f'{directory.rstrip("/")}/{AUGREG_INDEX}'
+  try:
+    with checkpoint.open_file(path) as f:
+      rows = list(csv.DictReader(io.TextIOWrapper(f, encoding='utf-8')))
+  except OSError as e:
+    raise FetchError(
+        f'Cannot read {path} ({e}), which picks the AugReg file for {name!r}. '
+        'Name the file instead: --config=vit_jax/configs/augreg.py:'
+        f'{name}-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0 (see '
+        'the AugReg table), or put index.csv there.') from None
+  candidates = [row for row in rows if row.get('ds') == 'i21k'
+                and row.get('filename', '').split('-')[0] == name]
+  if not candidates:
+    raise FetchError(f'{path} lists no i21k file of model {name!r}.')
+  best = max(candidates, key=lambda row: float(row['final_val']))
+  log.info('Selected filename=%r for %r with final_val=%.3f',
+           best['filename'], name, float(best['final_val']))
+  return best['filename']
 
 
 def local_path(name: str, pretrained_dir: str = DEFAULT_DIR,

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import common
 from vit_jax import checkpoint
 from vit_jax import image_io
 from vit_jax import input_pipeline
@@ -33,6 +32,7 @@ from vit_jax import models
 from vit_jax import preprocess
 from vit_jax import sharding
 from vit_jax import xla_options
+from vit_jax.configs import common
 from vit_jax.configs import models as model_configs
 
 RUN_FILE = 'run.json'
@@ -50,23 +50,21 @@ class TrainState:
   ema_params: Any  # None unless config.ema_decay > 0.
 
 
-def model_overrides(config) -> dict[str, Any]:
-  """config.model without unset (None) keys; dtype as a numpy dtype."""
-  overrides = {k: v for k, v in config.model.items() if v is not None}
-  overrides['dtype'] = jnp.dtype(overrides.get('dtype', 'float32'))
-  return overrides
+MODEL_CLASSES = {'ViT': models.VisionTransformer, 'Mixer': models.MlpMixer}
 
 
-def model_config(config):
-  """The model's config in the original's nested form (what the
-  `VisionTransformer` fields and `checkpoint.load_pretrained` take)."""
-  return model_configs.model_config(config.model_name,
-                                    **model_overrides(config))
+def model_class(model_type: str) -> type:
+  """config.model_type -> the module class (the original's choice)."""
+  if model_type not in MODEL_CLASSES:
+    raise ValueError(f'config.model_type must be one of '
+                     f'{sorted(MODEL_CLASSES)}, got {model_type!r}.')
+  return MODEL_CLASSES[model_type]
 
 
-def make_model(config, num_classes: int) -> models.VisionTransformer:
-  return models.VisionTransformer(num_classes=num_classes,
-                                  **model_config(config))
+def make_model(config, num_classes: int) -> models.Model:
+  """The module of config.model, as the original's train.py builds it."""
+  return model_class(config.model_type)(num_classes=num_classes,
+                                        **config.model)
 
 
 def init_params(model, image_size: int, seed: int, out_sharding=None):
@@ -87,8 +85,11 @@ def new_train_state(params, tx: optax.GradientTransformation, ema: bool,
 
 
 def _inference_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-  """Training-only options off: float32, default attention, no remat."""
-  return {**overrides, 'dtype': jnp.float32, 'attention_impl': 'auto',
+  """Training-only options off: float32, default attention, no remat (ViT
+  options; a Mixer has none)."""
+  if 'transformer' not in overrides and 'hidden_size' not in overrides:
+    return dict(overrides)
+  return {**overrides, 'dtype': 'float32', 'attention_impl': 'auto',
           'remat': False}
 
 
@@ -99,7 +100,7 @@ def _inference_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 class RunRecord:
   """run.json: what a finished run's model.npz needs to be used again."""
   model_name: str
-  model: dict[str, Any]  # config.model's set keys, as trained.
+  model: dict[str, Any]  # config.model, as trained.
   num_classes: int
   class_names: tuple[str, ...]
   image_size: int  # Side of the square images the model sees.
@@ -107,12 +108,13 @@ class RunRecord:
   tfds_data_dir: Optional[str] = None
   split_test: Optional[str] = None  # The split evaluated during training.
   source_size: Optional[int] = None
+  model_type: str = 'ViT'  # config.model_type.
 
   @classmethod
   def from_config(cls, config,
                   info: input_pipeline.DatasetInfo) -> 'RunRecord':
-    return cls(model_name=config.model_name,
-               model={k: v for k, v in config.model.items() if v is not None},
+    return cls(model_name=config.model.model_name,
+               model=config.model.to_dict(), model_type=config.model_type,
                num_classes=info.num_classes,
                class_names=tuple(info.class_names),
                image_size=config.pp.crop, dataset=config.dataset,
@@ -216,12 +218,25 @@ def _load_workdir(workdir: str, model_name: Optional[str]) -> TrainedModel:
     raise checkpoint.CheckpointError(
         f'--model_name={model_name} but {workdir} trained '
         f'{run.model_name}; leave --model_name out for a workdir.')
-  model = models.get_model(run.model_name, run.num_classes,
-                           **_inference_overrides(run.model))
+  model = _model_of_run(run)
   params = checkpoint.load(params_path)
   _check_fits(model, params, run.image_size, params_path)
   names = run.class_names or default_names(run.num_classes)
   return TrainedModel(model, params, run.image_size, names, params_path, run)
+
+
+def _model_of_run(run: RunRecord) -> models.Model:
+  """The module a run trained, for inference (float32, default kernels).
+
+  run.json files written before the model config took the original's nested
+  form hold flat overrides of a named size; they are read through
+  `model_config`.
+  """
+  nested = 'patches' in run.model
+  config = (run.model if nested else model_configs.model_config(
+      run.model_name, **run.model).to_dict())
+  return model_class(run.model_type)(num_classes=run.num_classes,
+                                     **_inference_overrides(config))
 
 
 def _load_file(path: str, model_name: Optional[str]) -> TrainedModel:
@@ -308,13 +323,13 @@ def data_config(trained: TrainedModel, dataset: Optional[str],
   """The config keys that input_pipeline and the eval step read."""
   run = trained.run  # None for a bare file: the flags say it all.
   config = common.get_config()
+  config.pp = common.pp_config(crop=trained.image_size)
   config.dataset = dataset or (run and run.dataset)
   if not config.dataset:
     raise ValueError('No dataset: pass --dataset (a TFDS name or an image '
                      'folder) when evaluating a bare parameter file.')
   config.tfds_data_dir = tfds_data_dir or (run and run.tfds_data_dir)
   config.pp.source_size = source_size or (run and run.source_size)
-  config.pp.crop = trained.image_size
   devices = jax.device_count()
   config.batch_eval = -(-batch // devices) * devices  # A multiple of devices.
   return config

@@ -87,14 +87,19 @@ def muon_dimensions(params) -> Any:
 
 
 def _base_optimizer(config, schedule) -> optax.GradientTransformation:
+  # The momentum state's dtype: the original keeps SGD's in bfloat16.
+  mu_dtype = config.optim_dtype
   if config.optimizer == 'sgd':
-    return optax.sgd(schedule, momentum=config.momentum or None)
+    return optax.sgd(schedule, momentum=config.momentum or None,
+                     accumulator_dtype=mu_dtype)
   if config.optimizer == 'adamw':
     return optax.adamw(schedule, b1=config.momentum, b2=config.b2,
-                       weight_decay=config.weight_decay, mask=decay_mask)
+                       weight_decay=config.weight_decay, mask=decay_mask,
+                       mu_dtype=mu_dtype)
   if config.optimizer == 'muon':
     return optax.contrib.muon(
         schedule, beta=config.momentum, weight_decay=config.weight_decay,
+        mu_dtype=mu_dtype,
         weight_decay_mask=decay_mask, adam_b1=config.momentum,
         adam_b2=config.b2, consistent_rms=0.2,
         muon_weight_dimension_numbers=muon_dimensions)

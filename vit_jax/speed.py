@@ -128,21 +128,24 @@ class Setup:
 
 def bench_config(args):
   """The base training config, edited to the benchmark's model and shapes."""
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import models as model_configs  # pylint: disable=g-import-not-at-top
   config = common.get_config()
-  config.model_name = args.model_name
+  config.model = model_configs.model_config(
+      args.model_name, dtype=args.dtype, attention_impl=args.attention_impl,
+      remat=args.remat, fp8=args.fp8)
+  config.dataset = 'synthetic'  # The benchmark makes its own images.
   config.batch = config.batch_eval = args.batch
-  config.pp.crop = config.pp.resize = args.image_size  # No resize, no crop.
-  config.model.dtype = args.dtype
-  config.model.attention_impl = args.attention_impl
-  config.model.remat = args.remat
-  config.model.fp8 = args.fp8
+  config.accum_steps = 1
+  config.pp = common.pp_config(crop=args.image_size)
+  config.pp.resize = args.image_size  # No resize, no crop.
   config.optimizer = 'adamw'
+  config.optim_dtype = 'float32'
   config.weight_decay = 0.05
   config.warmup_steps = 10
   config.total_steps = 1_000_000
   config.pretrained_dir = None
-  return common.finalize(config)
+  return config
 
 
 class JaxRunner:

@@ -30,6 +30,7 @@ from vit_jax import budget
 from vit_jax import checkpoint
 from vit_jax import cluster
 from vit_jax import fp8
+from vit_jax import hub
 from vit_jax import inference
 from vit_jax import input_pipeline
 from vit_jax import metrics
@@ -44,6 +45,7 @@ from vit_jax import sharding
 from vit_jax import utils
 from vit_jax import workdir_lock
 from vit_jax import xla_options
+from vit_jax.configs import common
 
 
 def make_update_fn(*, apply_fn, accum_steps, tx):
@@ -174,14 +176,27 @@ def _fresh_state(model, tx, config, replicated) -> inference.TrainState:
                                  replicated)
   if config.pretrained_dir:
     # The file if it is there, else downloaded (bucket, then Hugging Face).
-    path = cluster.fetch_pretrained(config.model_name, config.pretrained_dir)
+    path = cluster.fetch_pretrained(pretrained_name(config),
+                                    config.pretrained_dir)
     logging.info('Loading pretrained weights from %s', path)
     loaded = checkpoint.load_pretrained(
         pretrained_path=path, init_params=sharding.to_host(params),
-        model_config=inference.model_config(config))
+        model_config=config.model)
     params = jax.device_put(loaded, replicated)
   return inference.new_train_state(params, tx, bool(config.ema_decay),
                                    replicated)
+
+
+def pretrained_name(config) -> str:
+  """The file fine-tuning starts from (without .npz), as the original picks
+  it: the model's name, or for AugReg configs `model_or_filename` (a file
+  name, or a model name resolved to its best i21k file by index.csv)."""
+  chosen = config.model_or_filename
+  if not chosen:
+    return config.model.model_name
+  if '-' in chosen:
+    return chosen
+  return hub.best_augreg_file(chosen, config.pretrained_dir)
 
 
 def initial_state(model, tx, config, manager,
@@ -237,8 +252,9 @@ class Trainer:
     self.train_split, self.test_split = load_data(config)
     num_classes = self.train_split.info.num_classes
     self.model = inference.make_model(config, num_classes)
-    log_attention_plans(self.model, config.pp.crop)
-    warn_if_fp8_emulated(self.model)
+    if isinstance(self.model, models.VisionTransformer):
+      log_attention_plans(self.model, config.pp.crop)
+      warn_if_fp8_emulated(self.model)
     self.tx = optim.make_optimizer(config)
     self.lr_fn = optim.learning_rate_fn(config)
     self.manager = ocp.CheckpointManager(
@@ -450,6 +466,7 @@ def train_and_evaluate(config, workdir: str,
   refused (workdir_lock.py).
   """
   started = time.monotonic() if started is None else started
+  config = common.resolve(config)
   with _no_empty_folders_if_failed(workdir):
     with workdir_lock.hold(workdir,
                            60 * config.lock_stale_minutes) as heartbeat:
@@ -657,7 +674,7 @@ def announce(trainer: Trainer, workdir: str, start: int):
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   num_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
   logging.info('%s', progress.run_line(
-      config.model_name, num_params, config.dataset,
+      config.model.model_name, num_params, config.dataset,
       trainer.train_split.info.num_examples,
       trainer.test_split.info.num_examples, start, config.total_steps,
       jax.device_count(), jax.process_count()))
