@@ -118,12 +118,15 @@ def load(path: str, num_heads: Optional[int] = None) -> dict[str, Any]:
 def save(params: Mapping[str, Any], path: str, layout: str = 'vit_jax'):
   """Writes params atomically: the file appears only once complete.
 
-  layout 'vit_jax' writes the original .npz layout; 'timm' and 'transformers'
-  write .safetensors state dicts for PyTorch users (see convert.py).
+  layout 'vit_jax' writes the original .npz layout (pre-linen block names;
+  the hybrids' GroupNorm params as (1, 1, 1, C), as in the published files);
+  'timm' and 'transformers' write .safetensors state dicts for PyTorch users
+  (see convert.py).
   """
   flat = {k: np.asarray(v) for k, v in flatten(params).items()}
   if layout == 'vit_jax':
-    flat = {tree_layout.pre_linen_key(k): v for k, v in flat.items()}
+    flat = tree_layout.published_groupnorm(
+        {tree_layout.pre_linen_key(k): v for k, v in flat.items()})
     _atomic_write(path, lambda f: np.savez(f, **flat))
   elif layout in ('timm', 'transformers'):
     from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
