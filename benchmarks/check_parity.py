@@ -1,16 +1,23 @@
 """Logit parity of vit_jax with the original code and with timm (a check, not a test).
 
-Writes a ViT file in the published vit_jax layout with random values in every
+Writes a ViT, hybrid or Mixer file in the published vit_jax layout with random values in every
 array (via `checkpoint.save`), then computes logits for the same images with
   1. this project (`checkpoint.load` + `models.get_model`),
   2. the original google-research/vision_transformer code (its own
-     `checkpoint.load` + `models_vit.VisionTransformer`), and
-  3. timm's npz loader (`_load_weights`), with tanh and with exact GELU,
-and prints the max abs differences. Peers are not dependencies: point the
+     `checkpoint.load` + the module `models.get_model` would build), and
+  3. timm's npz loader (`_load_weights`; hybrids: the ViT one too) with tanh
+     and with exact GELU; Mixers, which timm reads from no .npz, from the
+     state dict `convert.to_torch_layout` writes,
+and prints the max abs and relative (to the largest logit) differences.
+Hybrid files get GroupNorm params of shape (1, 1, 1, C) and pre-linen block
+names, as the published R50+ViT-B_16.npz. Peers are not dependencies: point the
 script at them.
 
-  python benchmarks/check_parity.py --model ViT-B_16 \
-      --original_path /path/to/dir/with/vit_jax_orig \
+  git -C <original repo> archive HEAD vit_jax | tar -x -C /tmp/orig
+  mv /tmp/orig/vit_jax /tmp/orig/vit_jax_orig  # and rename its own
+  # `from vit_jax` imports to vit_jax_orig, or they import this project.
+  python benchmarks/check_parity.py --model R50+ViT-B_16 \
+      --original_path /tmp/orig:/dir/with/pandas \
       --timm_python /path/to/venv-with-timm/bin/python
 """
 
@@ -26,17 +33,21 @@ import numpy as np
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.configs import models as model_configs
 
 _ORIGINAL = r'''
 import sys, json, numpy as np
-from vit_jax_orig import models_vit, checkpoint
+from vit_jax_orig import checkpoint, models_mixer, models_vit
 from vit_jax_orig.configs import models as configs
 name, path, images, out = sys.argv[1:5]
 x = np.load(images)
-cfg = configs.MODEL_CONFIGS[name]
 params = checkpoint.load(path)
 num_classes = params['head']['kernel'].shape[-1]
-model = models_vit.VisionTransformer(num_classes=num_classes, **cfg)
+# What the original's models.get_model does (it imports models_lit too, which
+# needs tensorflow_text).
+cls = (models_mixer.MlpMixer if name.startswith('Mixer')
+       else models_vit.VisionTransformer)
+model = cls(num_classes=num_classes, **configs.MODEL_CONFIGS[name])
 np.save(out, np.asarray(model.apply({'params': params}, x, train=False)))
 '''
 
@@ -44,11 +55,20 @@ _TIMM = r'''
 import sys, numpy as np, torch, timm
 from timm.models.vision_transformer import _load_weights
 timm_name, path, images, out, act = sys.argv[1:6]
-num_classes = np.load(path)['head/kernel'].shape[-1]
-kwargs = {'act_layer': 'gelu_tanh'} if act == 'tanh' else {}
+if path.endswith('.npz'):
+  num_classes = np.load(path)['head/kernel'].shape[-1]
+else:
+  from safetensors.numpy import load_file
+  state = load_file(path)
+  num_classes = state['head.weight'].shape[0]
+kwargs = ({'act_layer': timm.layers.get_act_layer('gelu_tanh')}
+          if act == 'tanh' else {})
 model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes,
                           **kwargs).eval()
-_load_weights(model, path)
+if path.endswith('.npz'):
+  _load_weights(model, path)
+else:
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
 x = torch.from_numpy(np.load(images)).permute(0, 3, 1, 2)
 with torch.no_grad():
   np.save(out, model(x).numpy())
@@ -56,7 +76,11 @@ with torch.no_grad():
 
 _TIMM_NAMES = {'ViT-B_16': 'vit_base_patch16_224', 'ViT-Ti_16':
                'vit_tiny_patch16_224', 'ViT-S_16': 'vit_small_patch16_224',
-               'ViT-B_32': 'vit_base_patch32_224'}
+               'ViT-B_32': 'vit_base_patch32_224',
+               'R50+ViT-B_16': 'vit_base_r50_s16_224',
+               'R26+ViT-S_32': 'vit_small_r26_s32_224',
+               'R+ViT-Ti_16': 'vit_tiny_r_s16_p8_224',
+               'Mixer-B_16': 'mixer_b16_224', 'Mixer-L_16': 'mixer_l16_224'}
 
 
 def random_params(model, image_size, seed=0, scale=0.05):
@@ -89,26 +113,32 @@ def main():
   tmp = tempfile.mkdtemp()
   path = os.path.join(tmp, f'{args.model}.npz')
   checkpoint.save(params, path)
+  timm_path = path
+  if model_configs.is_mixer(args.model):  # timm reads Mixers from no .npz.
+    timm_path = os.path.join(tmp, f'{args.model}.safetensors')
+    checkpoint.save(params, timm_path, layout='timm')
   images = np.random.default_rng(1).uniform(
       -1, 1, (args.batch, size, size, 3)).astype(np.float32)
   np.save(os.path.join(tmp, 'images.npy'), images)
   ours = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x))(
       checkpoint.load(path), images))
-  report = {'model': args.model, 'logit_scale': float(np.abs(ours).max())}
+  scale = float(np.abs(ours).max())
+  report = {'model': args.model, 'logit_scale': scale}
   peers = []
   if args.original_path:
     peers.append(('original', sys.executable, _ORIGINAL,
-                  [args.model], args.original_path))
+                  [args.model], args.original_path, path))
   if args.timm_python:
     for act in ('tanh', 'exact'):
       peers.append((f'timm_{act}_gelu', args.timm_python, _TIMM,
-                    [_TIMM_NAMES[args.model]], None, act))
-  for name, python, code, first, env_path, *act in peers:
+                    [_TIMM_NAMES[args.model]], None, timm_path, act))
+  for name, python, code, first, env_path, file, *act in peers:
     out = os.path.join(tmp, f'{name}.npy')
-    run_peer(python, code, [*first, path, os.path.join(tmp, 'images.npy'),
+    run_peer(python, code, [*first, file, os.path.join(tmp, 'images.npy'),
                             out, *act], env_path)
-    report[f'max_abs_diff_vs_{name}'] = float(np.abs(np.load(out) -
-                                                     ours).max())
+    diff = float(np.abs(np.load(out) - ours).max())
+    report[f'max_abs_diff_vs_{name}'] = diff
+    report[f'rel_diff_vs_{name}'] = diff / scale
   print(json.dumps(report))
 
 

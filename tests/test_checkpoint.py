@@ -300,3 +300,100 @@ def test_save_leaves_nothing_behind_on_failure(tmp_path, model_and_params):
   with pytest.raises(RuntimeError):
     checkpoint._atomic_write(path, failing_writer)  # pylint: disable=protected-access
   assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------ hybrid and Mixer published files
+
+_PRE_LINEN_BLOCK = {
+    'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
+    'LayerNorm_1': 'LayerNorm_2', 'MlpBlock_0': 'MlpBlock_3'}
+
+
+def _published_by_hand(flat):
+  """The published layout written out directly (not via checkpoint.save):
+  pre-linen names inside encoder blocks, GroupNorm params (1, 1, 1, C)."""
+  out = {}
+  for key, value in flat.items():
+    parts = key.split('/')
+    if parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
+      parts[2] = _PRE_LINEN_BLOCK.get(parts[2], parts[2])
+    if (len(parts) > 1 and parts[-2].startswith('gn')
+        and parts[-1] in ('scale', 'bias')):
+      value = value.reshape(1, 1, 1, -1)
+    out['/'.join(parts)] = value
+  return out
+
+
+@pytest.mark.parametrize('name,overrides,size', [
+    ('R50+ViT-B_16', dict(hidden_size=16, mlp_dim=32, num_heads=2,
+                          num_layers=2,
+                          resnet=dict(num_layers=(1, 1), width_factor=1)), 64),
+    ('Mixer-B_16', dict(hidden_dim=16, num_blocks=2, tokens_mlp_dim=8,
+                        channels_mlp_dim=24), 32),
+])
+def test_published_hybrid_and_mixer_files_load_and_save_back(
+    tmp_path, name, overrides, size):
+  model = models.get_model(name, 5, **overrides)
+  params = model.init(jax.random.PRNGKey(0), _images(size=size))['params']
+  rng = np.random.default_rng(0)
+  flat = {k: np.asarray(v) + rng.normal(0, 0.1, v.shape).astype(np.float32)
+          for k, v in checkpoint.flatten(params).items()}
+  published = _published_by_hand(flat)
+  if name.startswith('R50'):
+    assert published['gn_root/scale'].shape == (1, 1, 1, 64)
+    assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel' in published
+  path = str(tmp_path / 'published.npz')
+  np.savez(path, **published)
+  loaded = checkpoint.load(path)
+  assert {k: (v.shape, v.tobytes()) for k, v in
+          checkpoint.flatten(loaded).items()} == {
+              k: (v.shape, v.tobytes()) for k, v in flat.items()}
+  images = _images(size=size)
+  np.testing.assert_array_equal(
+      model.apply({'params': loaded}, images),
+      model.apply({'params': checkpoint.unflatten(flat)}, images))
+  again = str(tmp_path / 'again.npz')
+  checkpoint.save(loaded, again)
+  written = checkpoint.read_flat(again)
+  assert {k: (v.shape, v.tobytes()) for k, v in written.items()} == {
+      k: (v.shape, v.tobytes()) for k, v in published.items()}
+  assert checkpoint.tree_layout.describe(flat).startswith(
+      'an unnamed ResNet+ViT hybrid' if name.startswith('R50')
+      else 'an unnamed Mixer')
+
+
+def test_describe_names_published_hybrids_and_mixers():
+  for name in ('R50+ViT-B_16', 'R+ViT-Ti_16', 'Mixer-B_16'):
+    model = models.get_model(name, 5)
+    shapes = jax.eval_shape(lambda m=model: m.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))['params']
+    assert checkpoint.tree_layout.describe(
+        checkpoint.flatten(shapes)) == name
+
+
+def test_inspect_params_as_the_original():
+  expected = {'a': {'w': np.zeros(2)}, 'pre_logits': {}, 'b': np.zeros(1)}
+  params = {'a': {'w': np.ones(2)}, 'c': np.ones(3)}
+  with pytest.raises(ValueError, match='Missing params.*b'):
+    checkpoint.inspect_params(params=dict(params), expected=expected)
+  out = checkpoint.inspect_params(params=dict(params), expected=expected,
+                                  fail_if_extra=False, fail_if_missing=False)
+  assert out['pre_logits'] == {}  # Weightless module put back.
+  assert set(out) == {'a', 'c', 'pre_logits'}  # Extra kept, missing absent.
+
+
+def test_create_checkpoint_writes_what_load_pretrained_reads(tmp_path):
+  from vit_jax import test_utils  # pylint: disable=g-import-not-at-top
+  config = model_configs.MODEL_CONFIGS['testing']
+  path = str(tmp_path / 'sub' / 'testing.npz')
+  test_utils.create_checkpoint(config, path)
+  keys = list(np.load(path).keys())
+  assert keys == sorted(keys) and 'head/kernel' in keys
+  model = models.VisionTransformer(num_classes=3, **config)
+  init = model.init(jax.random.PRNGKey(1), jnp.ones((1, 16, 16, 3)),
+                    train=False)['params']
+  restored = checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init, model_config=config)
+  assert restored['head']['kernel'].shape == init['head']['kernel'].shape
+  assert np.array_equal(restored['embedding']['kernel'],
+                        np.load(path)['embedding/kernel'])

@@ -374,3 +374,96 @@ def test_transformers_model_gives_same_logits():
       images)
   np.testing.assert_allclose(ours, expected,
                              atol=2e-3 * np.abs(expected).max())
+
+
+# ------------------------------------------------ hybrids and Mixers (timm)
+
+TINY_HYBRID = dict(hidden_size=16, mlp_dim=32, num_heads=2, num_layers=1,
+                   resnet=dict(num_layers=(1, 1), width_factor=1))
+TINY_MIXER = dict(hidden_dim=16, num_blocks=2, tokens_mlp_dim=8,
+                  channels_mlp_dim=24)
+
+
+@pytest.mark.parametrize('name,overrides,size', [
+    ('R50+ViT-B_16', TINY_HYBRID, 64),
+    ('R+ViT-Ti_16', dict(TINY, num_layers=1), 32),  # Stem only, no stages.
+    ('Mixer-B_16', TINY_MIXER, 32),
+])
+def test_hybrid_and_mixer_timm_round_trip_is_bit_identical(name, overrides,
+                                                           size):
+  _, flat = _params(5, size, name, **overrides)
+  state = convert.to_torch_layout(flat, 'timm')
+  _assert_identical(convert.from_torch_layout(state, 'timm', num_heads=2),
+                    flat)
+
+
+def test_hybrid_timm_names_are_timms():
+  _, flat = _params(5, 64, 'R50+ViT-B_16', **TINY_HYBRID)
+  state = convert.to_torch_layout(flat, 'timm')
+  stage = 'patch_embed.backbone.stages.1.blocks.0.'
+  assert state['patch_embed.backbone.stem.conv.weight'].shape == (64, 3, 7, 7)
+  assert state[stage + 'downsample.conv.weight'].shape == (512, 256, 1, 1)
+  assert state[stage + 'norm3.weight'].shape == (512,)
+  assert state['patch_embed.proj.weight'].shape == (16, 512, 1, 1)
+  # Stem: conv + norm (2); per stage one unit: 3 convs, 3 norms (2 each),
+  # projection conv and norm; ViT: patch (2), cls, pos, norm (2), head (2),
+  # one block of 12 (q/k/v fused).
+  assert len(state) == 3 + 2 * (3 + 6 + 1 + 2) + 8 + 12
+
+
+def test_hybrid_and_mixer_have_no_transformers_layout():
+  _, flat = _params(5, 32, 'Mixer-B_16', **TINY_MIXER)
+  with pytest.raises(ValueError, match='use timm'):
+    convert.to_torch_layout(flat, 'transformers')
+
+
+def _timm_hybrid(layers, size, patch):
+  """timm's hybrid ViT (as `vit_base_r50_s16_224`), tiny."""
+  from timm.models import vision_transformer_hybrid as hybrid  # pylint: disable=g-import-not-at-top
+  from timm import layers as timm_layers  # pylint: disable=g-import-not-at-top
+  return hybrid._create_vision_transformer_hybrid(  # pylint: disable=protected-access
+      'vit_base_r50_s16_224', backbone=hybrid._resnetv2(layers),  # pylint: disable=protected-access
+      img_size=size, patch_size=patch, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2,
+      num_classes=5, act_layer=timm_layers.get_act_layer('gelu_tanh')).eval()
+
+
+def _assert_same_logits_as_torch(torch_model, name, overrides, size):
+  """timm's model, random weights, vs ours on its converted state dict."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():  # Norms start at 1/0 in timm: randomise them too.
+    for value in torch_model.state_dict().values():
+      value.add_(0.1 * torch.randn_like(value))
+  state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  images = _images(size)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+  expected = expected.numpy()
+  ours = _logits(models.get_model(name, 5, **overrides),
+                 convert.from_torch_layout(state, 'timm', num_heads=2),
+                 images)
+  np.testing.assert_allclose(ours, expected, atol=1e-4 * np.abs(expected).max())
+
+
+# timm runs exact GELU by default; the original's (and our) models use flax's
+# default tanh approximation, so timm gets gelu_tanh. timm's GroupNorm
+# (eps 1e-5) and weight standardisation (eps 1e-8 inside the sqrt) differ
+# from flax's (1e-6, 1e-5 added to the std) by far less than the tolerance.
+@pytest.mark.skipif(not _HAS_TIMM, reason='torch + timm not installed')
+@pytest.mark.parametrize('layers,patch,name,overrides', [
+    ((1, 1), 1, 'R50+ViT-B_16', TINY_HYBRID),
+    ((), 8, 'R+ViT-Ti_16', dict(TINY, num_layers=1)),  # Stem only.
+])
+def test_timm_hybrid_gives_same_logits(layers, patch, name, overrides):
+  _assert_same_logits_as_torch(_timm_hybrid(layers, 64, patch), name,
+                               overrides, 64)
+
+
+@pytest.mark.skipif(not _HAS_TIMM, reason='torch + timm not installed')
+def test_timm_mixer_gives_same_logits():
+  from timm import layers as timm_layers  # pylint: disable=g-import-not-at-top
+  from timm.models import mlp_mixer  # pylint: disable=g-import-not-at-top
+  torch_model = mlp_mixer.MlpMixer(
+      num_classes=5, img_size=32, patch_size=16, num_blocks=2, embed_dim=16,
+      mlp_ratio=(0.5, 1.5),
+      act_layer=timm_layers.get_act_layer('gelu_tanh')).eval()
+  _assert_same_logits_as_torch(torch_model, 'Mixer-B_16', TINY_MIXER, 32)

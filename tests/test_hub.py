@@ -18,6 +18,7 @@ import threading
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,6 +26,7 @@ from tests.conftest import local_http_server
 from vit_jax import checkpoint
 from vit_jax import convert
 from vit_jax import hub
+from vit_jax import layout
 from vit_jax import models
 from vit_jax.configs import models as model_configs
 
@@ -447,12 +449,35 @@ def test_parse_source_understands_hub_urls_and_paths():
 
 
 def test_every_published_name_has_a_bucket_and_a_hub_source():
-  published_vits = {name for name in model_configs.MODEL_CONFIGS
-                    if name.startswith('ViT-') and '-gap-norep' not in name}
-  assert set(hub.SOURCES) == published_vits
-  for sources in hub.SOURCES.values():
-    assert sources[0].location.startswith(hub.BUCKET)
-    assert any(s.kind == 'hf' for s in sources)
+  # Mixer-B_32 has no i21k file (only SAM/GSAM ImageNet ones).
+  published = {name for name in model_configs.MODEL_CONFIGS
+               if '-gap-norep' not in name
+               and name not in ('testing', 'testing-unpooled', 'Mixer-B_32')}
+  assert set(hub.SOURCES) == published
+  without_timm_weights = {'R26+ViT-B_32'}  # timm has it untrained only.
+  for name, sources in hub.SOURCES.items():
+    bucket = hub.MIXER_BUCKET if name.startswith('Mixer') else hub.BUCKET
+    assert sources[0].location.startswith(bucket + '/')
+    assert any(s.kind == 'hf' for s in sources) != (
+        name in without_timm_weights)
+
+
+def test_hub_sources_name_existing_timm_models_of_the_same_architecture():
+  """Each timm/* repo is a timm model whose converted weights fit ours."""
+  timm = pytest.importorskip('timm')
+  for name in ('R+ViT-Ti_16', 'Mixer-B_16'):
+    for source in hub.SOURCES[name]:
+      if source.kind != 'hf':
+        continue
+      arch, _, tag = source.location.removeprefix('timm/').partition('.')
+      assert f'{arch}.{tag}' in timm.list_pretrained(arch)
+      torch_model = timm.create_model(arch, pretrained=False, num_classes=3)
+      state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+      ours = jax.eval_shape(lambda n=name: models.get_model(n, 3).init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))['params']
+      converted = convert.from_torch_layout(state, 'timm')
+      assert {k: v.shape for k, v in converted.items()} == {
+          k: v.shape for k, v in layout.flatten(ours).items()}
 
 
 # ------------------------------------------------------- concurrent writers

@@ -10,6 +10,7 @@ Getting files from the bucket or the Hub is `hub.py`'s job.
 """
 
 import io
+import logging
 import os
 import tempfile
 import zipfile
@@ -19,6 +20,8 @@ import numpy as np
 
 from vit_jax import convert
 from vit_jax import layout as tree_layout
+
+log = logging.getLogger(__name__)
 
 FETCH_HINT = ('Get it with `python -m vit_jax.hub fetch {name}` (tries the '
               'original bucket, then the Hugging Face Hub), or put the file '
@@ -118,12 +121,15 @@ def load(path: str, num_heads: Optional[int] = None) -> dict[str, Any]:
 def save(params: Mapping[str, Any], path: str, layout: str = 'vit_jax'):
   """Writes params atomically: the file appears only once complete.
 
-  layout 'vit_jax' writes the original .npz layout; 'timm' and 'transformers'
-  write .safetensors state dicts for PyTorch users (see convert.py).
+  layout 'vit_jax' writes the original .npz layout (pre-linen block names;
+  the hybrids' GroupNorm params as (1, 1, 1, C), as in the published files);
+  'timm' and 'transformers' write .safetensors state dicts for PyTorch users
+  (see convert.py).
   """
   flat = {k: np.asarray(v) for k, v in flatten(params).items()}
   if layout == 'vit_jax':
-    flat = {tree_layout.pre_linen_key(k): v for k, v in flat.items()}
+    flat = tree_layout.published_groupnorm(
+        {tree_layout.pre_linen_key(k): v for k, v in flat.items()})
     _atomic_write(path, lambda f: np.savez(f, **flat))
   elif layout in ('timm', 'transformers'):
     from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
@@ -187,35 +193,108 @@ def _side(num_patches: int) -> int:
   return side
 
 
+def _flatten_keeping_empty(tree: Mapping[str, Any],
+                           prefix: str = '') -> dict[str, Any]:
+  """'a/b' keys, with an explicitly empty module kept as a {} leaf."""
+  flat = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, Mapping) and value:
+      flat.update(_flatten_keeping_empty(value, path + '/'))
+    else:
+      flat[path] = value
+  return flat
+
+
+def inspect_params(*, params, expected, fail_if_extra: bool = True,
+                   fail_if_missing: bool = True):
+  """Checks the keys of `params` against `expected` (the original's API).
+
+  Modules without weights are empty dicts in `expected` but absent from
+  saved files (flax drops empty dicts when serialising): they are put back
+  into `params`. Other missing and extra keys are logged, and raise a
+  ValueError where `fail_if_missing` / `fail_if_extra` ask for it. Returns
+  `params`.
+  """
+  params_flat = _flatten_keeping_empty(params)
+  expected_flat = _flatten_keeping_empty(expected)
+  missing = set(expected_flat) - set(params_flat)
+  extra = set(params_flat) - set(expected_flat)
+  empty = {k for k in missing if isinstance(expected_flat[k], Mapping)}
+  for key in empty:
+    *parents, leaf = key.split('/')
+    node = params
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = {}
+  missing -= empty
+  if empty:
+    log.warning('Inspect recovered empty keys:\n%s', empty)
+  if missing:
+    log.info('Inspect missing keys:\n%s', missing)
+  if extra:
+    log.info('Inspect extra keys:\n%s', extra)
+  if (missing and fail_if_missing) or (extra and fail_if_extra):
+    raise CheckpointError(
+        f'Missing params from checkpoint: {missing}.\n'
+        f'Extra params in checkpoint: {extra}.\n'
+        f'Restored params from checkpoint: {params_flat.keys()}.\n'
+        f'Expected params from code: {expected_flat.keys()}.')
+  return params
+
+
 def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
                     model_config: Mapping[str, Any]) -> dict[str, Any]:
   """Pretrained weights fitted to a new task's freshly initialised params.
 
-  The original's signature: `model_config` is the model's config
-  (`configs.models`). Takes the head from `init_params` (any number of
+  The original's signature and tolerance: `model_config` is the model's
+  config (`configs.models`); keys the file lacks or has in excess are
+  logged, not an error (`inspect_params` with both `fail_if_*` False), and
+  extra ones are kept. Takes the head from `init_params` (any number of
   classes), drops `pre_logits` when the new model has no
   `representation_size`, resizes position embeddings to the new patch grid
-  (`interpolate_posembed`), checks every key and shape, and casts to the
-  parameter dtypes of `init_params`. PyTorch layouts are read with the
-  heads of `model_config`.
+  (`interpolate_posembed`) and casts to the parameter dtypes of
+  `init_params`. Beyond the original, a file whose shapes do not fit, or
+  which is another architecture, raises CheckpointError listing every
+  difference (the original failed later, inside the model). PyTorch layouts
+  are read with the heads of `model_config`.
   """
   transformer = model_config.get('transformer') or {}
-  restored = load(pretrained_path, transformer.get('num_heads'))
-  restored['head'] = init_params['head']
+  restored = inspect_params(
+      params=load(pretrained_path, transformer.get('num_heads')),
+      expected=init_params, fail_if_extra=False, fail_if_missing=False)
+  if 'head' in init_params:
+    restored['head'] = init_params['head']
   if model_config.get('representation_size') is None:
     restored.pop('pre_logits', None)
   posemb = restored.get('Transformer', {}).get('posembed_input', {})
-  init_posemb = init_params['Transformer']['posembed_input']['pos_embedding']
   if ('pos_embedding' in posemb
-      and posemb['pos_embedding'].shape != init_posemb.shape):
-    posemb['pos_embedding'] = interpolate_posembed(
-        posemb['pos_embedding'], init_posemb.shape[1],
-        model_config.get('classifier', 'token') in ('token',
-                                                    'token_unpooled'))
-  check_compatible(flatten(restored), flatten(init_params), pretrained_path)
-  init_flat = flatten(init_params)
-  return unflatten({k: np.asarray(v, dtype=init_flat[k].dtype)
-                    for k, v in flatten(restored).items()})
+      and 'Transformer' in init_params):
+    init_posemb = init_params['Transformer']['posembed_input'][
+        'pos_embedding']
+    if posemb['pos_embedding'].shape != init_posemb.shape:
+      posemb['pos_embedding'] = interpolate_posembed(
+          posemb['pos_embedding'], init_posemb.shape[1],
+          model_config.get('classifier', 'token') in ('token',
+                                                      'token_unpooled'))
+  restored_flat, init_flat = flatten(restored), flatten(init_params)
+  if (_mismatched(restored_flat, init_flat)
+      or tree_layout.describe(restored_flat) != tree_layout.describe(
+          init_flat)):
+    check_compatible(restored_flat, init_flat, pretrained_path)
+  return unflatten({
+      k: np.asarray(v, dtype=init_flat[k].dtype if k in init_flat else None)
+      for k, v in restored_flat.items()})
+
+
+def _mismatched(restored: Mapping[str, Any],
+                expected: Mapping[str, Any]) -> list[str]:
+  """Keys in both whose shapes differ, as 'key: file (..) vs model (..)'."""
+  return sorted(
+      f'{k}: file {tuple(restored[k].shape)} vs model '
+      f'{tuple(expected[k].shape)}'
+      for k in set(restored) & set(expected)
+      if tuple(restored[k].shape) != tuple(expected[k].shape))
 
 
 def check_compatible(restored: Mapping[str, Any], expected: Mapping[str, Any],
@@ -223,11 +302,7 @@ def check_compatible(restored: Mapping[str, Any], expected: Mapping[str, Any],
   """Raises CheckpointError listing missing/unexpected keys and bad shapes."""
   missing = sorted(set(expected) - set(restored))
   unexpected = sorted(set(restored) - set(expected))
-  mismatched = sorted(
-      f'{k}: file {tuple(restored[k].shape)} vs model '
-      f'{tuple(expected[k].shape)}'
-      for k in set(restored) & set(expected)
-      if tuple(restored[k].shape) != tuple(expected[k].shape))
+  mismatched = _mismatched(restored, expected)
   if not (missing or unexpected or mismatched):
     return
   lines = [f'{path} does not fit this model; the file fits '

@@ -24,6 +24,24 @@ names below all start with 'vit.' except `classifier`):
   pre_logits (optional)          pre_logits.fc / pooler.dense
   head (optional)                head / classifier
 
+timm also has the hybrids (R50+ViT-B_16 is `vit_base_r50_s16_*`, R26+ViT-S_32
+`vit_small_r26_s32_*`, R+ViT-Ti_16 `vit_tiny_r_s16_p8_*`) and the Mixers
+(`mixer_b16_224`, ...); their extra modules:
+
+  linen                          timm
+  conv_root (7,7,3,W) no bias    patch_embed.backbone.stem.conv (W,3,7,7)
+                                 (.backbone.conv without stages: R+ViT-Ti_16)
+  gn_root                        patch_embed.backbone.stem.norm (.backbone.norm)
+  block{s}/unit{u}/conv{r},gn{r} patch_embed.backbone.stages.{s-1}.blocks.{u-1}.
+                                   conv{r}, norm{r}   (r = 1, 2, 3)
+    conv_proj, gn_proj           ...downsample.conv, downsample.norm
+  stem (p,p,3,D)                 stem.proj (Mixer)
+  MixerBlock_{i}/LayerNorm_0     blocks.{i}.norm1
+    token_mixing/Dense_{0,1}     mlp_tokens.fc1, fc2
+    LayerNorm_1                  norm2
+    channel_mixing/Dense_{0,1}   mlp_channels.fc1, fc2
+  pre_head_layer_norm            norm
+
 The transformers names are those of its files on the Hub (and of its
 `save_pretrained`, also in transformers 5). transformers 5 renames the
 modules in memory (`vit.layers.{i}.attention.{q,k,v,o}_proj`, `mlp.fc1/fc2`),
@@ -101,13 +119,20 @@ _TRANSFORMERS_5_RENAMES = (
 )
 _LINEN_BLOCK_RE = re.compile(r'^Transformer/encoderblock_(\d+)/')
 _TORCH_BLOCK_RE = re.compile(r'^(?:blocks|vit\.encoder\.layer)\.(\d+)\.')
+_LINEN_UNIT_RE = re.compile(r'^block(\d+)/unit(\d+)/')
+_TIMM_BACKBONE = 'patch_embed.backbone.'
+_TIMM_UNIT_RE = re.compile(
+    r'^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.')
+_LINEN_MIXER_RE = re.compile(r'^MixerBlock_(\d+)/')
+_TIMM_MIXER_STEM = 'stem.proj'
 
 
 def _modules(names: _Names, num_layers: int):
-  """(linen module, torch module, kind) for every module of the model.
+  """(linen module, torch module, kind) for every module of a plain ViT.
 
   kind says how the arrays differ: 'param' (one array, same shape), 'norm',
-  'dense', 'conv', 'heads_in' (q/k/v) or 'heads_out' (attention output).
+  'dense', 'conv', 'conv_no_bias', 'heads_in' (q/k/v) or 'heads_out'
+  (attention output).
   """
   mods = [('embedding', names.patch, 'conv'),
           ('cls', names.cls, 'param'),
@@ -129,9 +154,91 @@ def _modules(names: _Names, num_layers: int):
   return mods
 
 
+def _resnet_modules(units: Mapping[int, int]):
+  """(linen, timm, kind) of a hybrid's ResNet stem; `units`: stage -> count
+  (stages numbered from 0). Without stages timm's backbone is the stem."""
+  stem = _TIMM_BACKBONE + ('stem.' if units else '')
+  mods = [('conv_root', stem + 'conv', 'conv_no_bias'),
+          ('gn_root', stem + 'norm', 'norm')]
+  for stage in sorted(units):
+    for unit in range(units[stage]):
+      linen = f'block{stage + 1}/unit{unit + 1}/'
+      torch = f'{_TIMM_BACKBONE}stages.{stage}.blocks.{unit}.'
+      for r in (1, 2, 3):
+        mods += [(f'{linen}conv{r}', f'{torch}conv{r}', 'conv_no_bias'),
+                 (f'{linen}gn{r}', f'{torch}norm{r}', 'norm')]
+      mods += [(linen + 'conv_proj', torch + 'downsample.conv',
+                'conv_no_bias'),
+               (linen + 'gn_proj', torch + 'downsample.norm', 'norm')]
+  return mods
+
+
+def _mixer_modules(num_blocks: int):
+  """(linen, timm, kind) of an MLP-Mixer (only timm has Mixers)."""
+  mods = [('stem', _TIMM_MIXER_STEM, 'conv'),
+          ('pre_head_layer_norm', 'norm', 'norm'),
+          ('head', 'head', 'dense')]
+  for i in range(num_blocks):
+    linen, torch = f'MixerBlock_{i}/', f'blocks.{i}.'
+    mods += [(linen + 'LayerNorm_0', torch + 'norm1', 'norm'),
+             (linen + 'token_mixing/Dense_0', torch + 'mlp_tokens.fc1',
+              'dense'),
+             (linen + 'token_mixing/Dense_1', torch + 'mlp_tokens.fc2',
+              'dense'),
+             (linen + 'LayerNorm_1', torch + 'norm2', 'norm'),
+             (linen + 'channel_mixing/Dense_0', torch + 'mlp_channels.fc1',
+              'dense'),
+             (linen + 'channel_mixing/Dense_1', torch + 'mlp_channels.fc2',
+              'dense')]
+  return mods
+
+
+def _units(flat: Mapping[str, np.ndarray], unit_re, base: int):
+  """Stage (from 0) -> number of units, of a hybrid's ResNet stem."""
+  units = {}
+  for match in filter(None, map(unit_re.match, flat)):
+    stage, unit = int(match.group(1)) - base, int(match.group(2)) - base
+    units[stage] = max(units.get(stage, 0), unit + 1)
+  return units
+
+
+def _linen_modules(names: _Names, flat: Mapping[str, np.ndarray],
+                   layout: str):
+  """The module list for a linen tree: ViT, hybrid or Mixer."""
+  if any(_LINEN_MIXER_RE.match(k) for k in flat) or 'stem/kernel' in flat:
+    _only_timm(layout, 'MLP-Mixer')
+    return _mixer_modules(_count_blocks(flat, _LINEN_MIXER_RE))
+  mods = _modules(names, _count_blocks(flat, _LINEN_BLOCK_RE))
+  if 'conv_root/kernel' in flat:
+    _only_timm(layout, 'ResNet+ViT hybrid')
+    mods += _resnet_modules(_units(flat, _LINEN_UNIT_RE, 1))
+  return mods
+
+
+def _torch_modules(names: _Names, state: Mapping[str, np.ndarray],
+                   layout: str):
+  """The module list for a PyTorch state dict: ViT, hybrid or Mixer."""
+  if layout == 'timm' and _TIMM_MIXER_STEM + '.weight' in state:
+    return _mixer_modules(_count_blocks(state, _TORCH_BLOCK_RE))
+  mods = _modules(names, _count_blocks(state, _TORCH_BLOCK_RE))
+  if layout == 'timm' and any(k.startswith(_TIMM_BACKBONE) for k in state):
+    mods += _resnet_modules(_units(state, _TIMM_UNIT_RE, 0))
+  return mods
+
+
+def _only_timm(layout: str, what: str):
+  if layout != 'timm':
+    raise ValueError(f'A {what} has no {layout} layout; use timm.')
+
+
 # Modules a file may lack: gap models have no class token; feature
-# extractors no head; most fine-tuned models no pre_logits.
-_OPTIONAL = ('cls', 'pre_logits', 'head')
+# extractors no head; most fine-tuned models no pre_logits; only the first
+# unit of a ResNet stage projects its input.
+_OPTIONAL = ('cls', 'pre_logits', 'head', 'conv_proj', 'gn_proj')
+
+
+def _is_optional(linen: str) -> bool:
+  return linen.rpartition('/')[2] in _OPTIONAL
 
 
 def _check_layout(layout: str) -> _Names:
@@ -154,9 +261,8 @@ def to_torch_layout(flat_linen: Mapping[str, np.ndarray],
   names = _check_layout(layout)
   flat = {k: np.asarray(v) for k, v in flat_linen.items()}
   state = {}
-  for linen, torch, kind in _modules(names, _count_blocks(flat,
-                                                          _LINEN_BLOCK_RE)):
-    if linen in _OPTIONAL and not _has_module(flat, linen, '/'):
+  for linen, torch, kind in _linen_modules(names, flat, layout):
+    if _is_optional(linen) and not _has_module(flat, linen, '/'):
       continue
     for suffix, array in _linen_to_torch(flat, linen, kind).items():
       state[torch + suffix] = np.ascontiguousarray(array)
@@ -180,15 +286,16 @@ def from_torch_layout(flat: Mapping[str, np.ndarray], layout: str,
     state = _file_names(_add_vit_prefix(state))
     for key in _IGNORED_KEYS:
       state.pop(key, None)
-  if names.patch + '.weight' not in state:
+  patch = names.patch + '.weight'
+  is_mixer = layout == 'timm' and _TIMM_MIXER_STEM + '.weight' in state
+  if patch not in state and not is_mixer:
     raise tree_layout.CheckpointError(
         f'Not a {layout} ViT state dict: no {names.patch}.weight; first keys: '
         f'{sorted(state)[:5]}.')
-  heads = _num_heads(state[names.patch + '.weight'].shape[0], num_heads)
+  heads = None if is_mixer else _num_heads(state[patch].shape[0], num_heads)
   linen_flat = {}
-  for linen, torch, kind in _modules(names, _count_blocks(state,
-                                                          _TORCH_BLOCK_RE)):
-    if linen in _OPTIONAL and not _has_module(state, torch, '.'):
+  for linen, torch, kind in _torch_modules(names, state, layout):
+    if _is_optional(linen) and not _has_module(state, torch, '.'):
       continue
     for suffix, array in _torch_to_linen(state, torch, kind, heads).items():
       linen_flat[linen + suffix] = np.ascontiguousarray(array)
@@ -213,6 +320,8 @@ def _linen_to_torch(flat, module: str, kind: str) -> dict[str, np.ndarray]:
   if kind == 'norm':
     return {'.weight': flat.pop(module + '/scale'),
             '.bias': flat.pop(module + '/bias')}
+  if kind == 'conv_no_bias':  # HWIO -> OIHW.
+    return {'.weight': flat.pop(module + '/kernel').transpose(3, 2, 0, 1)}
   kernel, bias = flat.pop(module + '/kernel'), flat.pop(module + '/bias')
   if kind == 'conv':  # (p,p,3,D) HWIO -> (D,3,p,p) OIHW.
     weight = kernel.transpose(3, 2, 0, 1)
@@ -231,6 +340,8 @@ def _torch_to_linen(state, module: str, kind: str,
   try:
     if kind == 'param':
       return {'': state.pop(module)}
+    if kind == 'conv_no_bias':  # OIHW -> HWIO.
+      return {'/kernel': state.pop(module + '.weight').transpose(2, 3, 1, 0)}
     weight, bias = state.pop(module + '.weight'), state.pop(module + '.bias')
   except KeyError as e:
     raise tree_layout.CheckpointError(

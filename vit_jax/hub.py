@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 # The original bucket; $VIT_JAX_BUCKET_URL points it at a mirror (or a test).
 BUCKET = os.environ.get('VIT_JAX_BUCKET_URL',
                         'https://storage.googleapis.com/vit_models')
+# The Mixer files are in a bucket of their own ($VIT_JAX_MIXER_BUCKET_URL).
+MIXER_BUCKET = os.environ.get('VIT_JAX_MIXER_BUCKET_URL',
+                              'https://storage.googleapis.com/mixer_models')
 DEFAULT_DIR = 'checkpoints'
 _CHUNK = 1 << 20
 
@@ -85,10 +88,17 @@ _ORIG = 'original i21k weights: pre_logits + zeroed 21843-class head'
 _ORIG_HF = 'original i21k weights: pre_logits (the pooler), no head'
 _ORIG_TIMM = 'original i21k weights without pre_logits'
 _AUGREG = 'AugReg i21k weights (a later run): 21843-class head, no pre_logits'
+_AUGREG_OTHER = ('AugReg i21k weights of another AugReg setting than the '
+                 'bucket file: 21843-class head, no pre_logits')
+_ORIG_HYBRID = 'original i21k hybrid weights'
+_FT_384 = ('original i21k weights fine-tuned on ImageNet at 384px: '
+           '1000-class head')
+_MIXER = 'original i21k Mixer weights: 21843-class head'
 
 
-def _bucket(path: str, note: str) -> Source:
-  return Source('url', f'{BUCKET}/{path}.npz', layout='vit_jax', note=note)
+def _bucket(path: str, note: str, bucket: Optional[str] = None) -> Source:
+  return Source('url', f'{bucket or BUCKET}/{path}.npz', layout='vit_jax',
+                note=note)
 
 
 def _timm(repo: str, note: str) -> Source:
@@ -144,6 +154,32 @@ SOURCES = {
         _bucket('imagenet21k/ViT-H_14', _ORIG),
         _transformers('vit-huge-patch14-224-in21k'),
         _timm('vit_huge_patch14_224.orig_in21k', _ORIG_TIMM)),
+    # Hybrids and Mixers: the bucket paths of the original's README and
+    # notebook; timm/* only where timm publishes that model's weights (it
+    # has none for R26+ViT-B_32 or Mixer-B_32).
+    'R+ViT-Ti_16': (
+        _bucket('augreg/R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-'
+                'sd_0.0', _AUGREG),
+        _timm('vit_tiny_r_s16_p8_224.augreg_in21k', _AUGREG)),
+    'R26+ViT-S_32': (
+        _bucket('augreg/R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-'
+                'sd_0.0', _AUGREG),
+        _timm('vit_small_r26_s32_224.augreg_in21k', _AUGREG_OTHER)),
+    'R26+ViT-B_32': (
+        _bucket('imagenet21k/R26+ViT-B_32', _ORIG_HYBRID),),
+    'R50+ViT-B_16': (
+        _bucket('imagenet21k/R50+ViT-B_16', _ORIG_HYBRID),
+        _timm('vit_base_r50_s16_224.orig_in21k', _ORIG_TIMM),
+        _timm('vit_base_r50_s16_384.orig_in21k_ft_in1k', _FT_384)),
+    'R50+ViT-L_32': (
+        _bucket('imagenet21k/R50+ViT-L_32', _ORIG_HYBRID),
+        _timm('vit_large_r50_s32_224.augreg_in21k', _AUGREG_OTHER)),
+    'Mixer-B_16': (
+        _bucket('imagenet21k/Mixer-B_16', _MIXER, MIXER_BUCKET),
+        _timm('mixer_b16_224.goog_in21k', _MIXER)),
+    'Mixer-L_16': (
+        _bucket('imagenet21k/Mixer-L_16', _MIXER, MIXER_BUCKET),
+        _timm('mixer_l16_224.goog_in21k', _MIXER)),
 }
 
 
