@@ -165,7 +165,7 @@ def test_run_json_is_read_back_as_the_record_written(tmp_path, capsys):
     stored = json.load(f)
   assert list(stored) == [  # The order train.export has always written.
       'model_name', 'model', 'num_classes', 'class_names', 'image_size',
-      'dataset', 'tfds_data_dir', 'split_test', 'source_size']
+      'dataset', 'tfds_data_dir', 'split_test', 'source_size', 'model_type']
   del stored['image_size']
   stored['epochs'] = 3
   with open(os.path.join(workdir, 'run.json'), 'w') as f:
