@@ -9,6 +9,10 @@ array (via `checkpoint.save`), then computes logits for the same images with
      and with exact GELU; Mixers, which timm reads from no .npz, from the
      state dict `convert.to_torch_layout` writes,
 and prints the max abs and relative (to the largest logit) differences.
+With --finetune_size N it compares instead what `checkpoint.load_pretrained`
+makes of the file for an N-px model (position embeddings resized, head
+taken from the new model) with what the original's load_pretrained makes of
+it: the max abs difference over every parameter.
 Hybrid files get GroupNorm params of shape (1, 1, 1, C) and pre-linen block
 names, as the published R50+ViT-B_16.npz. Peers are not dependencies: point the
 script at them.
@@ -49,6 +53,21 @@ cls = (models_mixer.MlpMixer if name.startswith('Mixer')
        else models_vit.VisionTransformer)
 model = cls(num_classes=num_classes, **configs.MODEL_CONFIGS[name])
 np.save(out, np.asarray(model.apply({'params': params}, x, train=False)))
+'''
+
+_ORIGINAL_FINETUNE = r'''
+import sys, numpy as np
+from vit_jax_orig import checkpoint
+from vit_jax_orig.configs import models as configs
+name, path, init, out = sys.argv[1:5]
+with np.load(init) as f:
+  init_params = checkpoint.recover_tree(list(f.keys()), list(f.values()))
+params = checkpoint.load_pretrained(pretrained_path=path,
+                                    init_params=init_params,
+                                    model_config=configs.MODEL_CONFIGS[name])
+flat = {'/'.join(k): np.asarray(v) for k, v in
+        __import__('flax').traverse_util.flatten_dict(params).items()}
+np.savez(out, **flat)
 '''
 
 _TIMM = r'''
@@ -106,7 +125,11 @@ def main():
   parser.add_argument('--batch', type=int, default=2)
   parser.add_argument('--original_path', help='Dir holding vit_jax_orig/.')
   parser.add_argument('--timm_python', help='A python with torch and timm.')
+  parser.add_argument('--finetune_size', type=int, default=0,
+                      help='Compare load_pretrained for this image size.')
   args = parser.parse_args()
+  if args.finetune_size:
+    return finetune_parity(args)
   model = models.get_model(args.model, args.num_classes)
   size = 224
   params = random_params(model, size)
@@ -140,6 +163,37 @@ def main():
     report[f'max_abs_diff_vs_{name}'] = diff
     report[f'rel_diff_vs_{name}'] = diff / scale
   print(json.dumps(report))
+
+
+def finetune_parity(args):
+  """load_pretrained of a 224px file for an N-px model: ours vs original."""
+  if not args.original_path:
+    raise SystemExit('--finetune_size needs --original_path.')
+  pretrained = models.get_model(args.model, 21843)
+  tmp = tempfile.mkdtemp()
+  path = os.path.join(tmp, f'{args.model}.npz')
+  checkpoint.save(random_params(pretrained, 224), path)
+  model = models.get_model(args.model, args.num_classes)
+  init = random_params(model, args.finetune_size, seed=1)
+  init_path = os.path.join(tmp, 'init.npz')
+  np.savez(init_path, **checkpoint.flatten(init))
+  ours = checkpoint.flatten(checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init,
+      model_config=model_configs.MODEL_CONFIGS[args.model]))
+  out = os.path.join(tmp, 'original.npz')
+  run_peer(sys.executable, _ORIGINAL_FINETUNE,
+           [args.model, path, init_path, out], args.original_path)
+  with np.load(out) as original:
+    theirs = {k: original[k] for k in original.files}
+  assert theirs.keys() == ours.keys(), sorted(theirs.keys() ^ ours.keys())
+  diffs = {k: float(np.abs(theirs[k] - ours[k]).max()) for k in ours}
+  posemb = 'Transformer/posembed_input/pos_embedding'
+  print(json.dumps({
+      'model': args.model, 'finetune_size': args.finetune_size,
+      'parameters': len(diffs), 'max_abs_diff': max(diffs.values()),
+      'worst': max(diffs, key=diffs.get),
+      'pos_embedding_shape': list(ours[posemb].shape),
+      'pos_embedding_max_abs_diff': diffs[posemb]}))
 
 
 if __name__ == '__main__':
