@@ -1,8 +1,10 @@
 """Command line: python -m vit_jax.main --config configs/X.py[:arg] --workdir DIR.
 
+The original repository's configs run the same way:
+--config=vit_jax/configs/vit.py:b16,cifar10 (also augreg.py, mixer_*.py).
 Config keys are set with --config.KEY=VALUE; the keys the other commands
-share (dataset, tfds_data_dir, model_name, batch) may also be written
---KEY=VALUE, as those commands take them (cli.py).
+share (dataset, tfds_data_dir, batch) may also be written --KEY=VALUE, as
+those commands take them (cli.py).
 
 Multi-host: run the same command on every host with the same --workdir (a
 shared file system or gs://). Processes join one JAX job through
@@ -93,6 +95,11 @@ def main(argv, started: float):
   # The whole config: workdir/config.json and, with --verbose, here.
   if _VERBOSE.value:
     logging.info('Config:\n%s', _CONFIG.value)
+  if _CONFIG.value.trainer != 'train':
+    raise app.UsageError(
+        f'config.trainer={_CONFIG.value.trainer!r}: vit_jax.main trains '
+        "('train'); for the original's 'inference_time' use python -m "
+        'vit_jax.benchmark --mode infer.')
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, started)
   except _explained_errors() as e:
@@ -108,11 +115,12 @@ def main(argv, started: float):
 
 def _explained_errors() -> tuple[type[Exception], ...]:
   """Errors whose message names the cause and the way out: one line each."""
-  from vit_jax import budget, hub, input_pipeline, recovery, train  # pylint: disable=g-import-not-at-top
+  from vit_jax import budget, checkpoint, hub, input_pipeline, recovery, train  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   return (input_pipeline.DataError, workdir_lock.WorkdirBusyError,
           budget.NoTimeToTrainError, recovery.NoRestorableCheckpointError,
           recovery.CheckpointSaveError, train.NonFiniteLossError,
-          hub.FetchError)
+          hub.FetchError, checkpoint.CheckpointError, common.ConfigError)
 
 
 def run():

@@ -179,10 +179,19 @@ def _fresh_state(model, tx, config, replicated) -> inference.TrainState:
     path = cluster.fetch_pretrained(pretrained_name(config),
                                     config.pretrained_dir)
     logging.info('Loading pretrained weights from %s', path)
-    loaded = checkpoint.load_pretrained(
-        pretrained_path=path, init_params=sharding.to_host(params),
-        model_config=config.model)
-    params = jax.device_put(loaded, replicated)
+    init = sharding.to_host(params)
+    loaded = checkpoint.flatten(checkpoint.load_pretrained(
+        pretrained_path=path, init_params=init, model_config=config.model))
+    # The model's arrays only: extra ones in the file (kept by the
+    # original's load_pretrained) have no place in the training state.
+    wanted = checkpoint.flatten(init)
+    missing = sorted(set(wanted) - set(loaded))
+    if missing:
+      raise checkpoint.CheckpointError(
+          f'{path} lacks {len(missing)} arrays this model needs: '
+          f'{", ".join(missing[:8])}; use the file of this model.')
+    params = jax.device_put(checkpoint.unflatten(
+        {k: loaded[k] for k in wanted}), replicated)
   return inference.new_train_state(params, tx, bool(config.ema_decay),
                                    replicated)
 

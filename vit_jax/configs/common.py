@@ -21,6 +21,10 @@ import ml_collections
 _placeholder = ml_collections.config_dict.placeholder
 
 
+class ConfigError(ValueError):
+  """A config a run cannot use: names the key and how to set it."""
+
+
 def get_config():
   """Returns config values other than model parameters (locked)."""
   config = ml_collections.ConfigDict()
@@ -151,9 +155,9 @@ def resolve(config) -> ml_collections.ConfigDict:
     resolved.pp = pp
   for key in ('dataset', 'model', 'total_steps'):
     if resolved[key] in (None, ''):
-      raise ValueError(f'config.{key} is not set; set it in the config or '
+      raise ConfigError(f'config.{key} is not set; set it in the config or '
                        f'with --config.{key}=... (see vit_jax/configs).')
   if resolved.pp.crop is None:
-    raise ValueError('config.pp.crop (the image side the model sees) is not '
-                     'set.')
+    raise ConfigError('config.pp.crop (the image side the model sees) is not '
+                      'set.')
   return resolved.lock()
