@@ -14,6 +14,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
+# The peer tests (timm, transformers) reach torch's compiler stack, which
+# imports triton; triton loaded into a process that already holds TensorFlow
+# crashes it (segmentation fault; both carry LLVM), while the other order
+# works. Tests of either kind share the pytest worker processes, so triton,
+# where installed (the `peers` extra), is loaded first, here.
+if importlib.util.find_spec('triton') is not None:
+  import triton  # pylint: disable=g-import-not-at-top,unused-import
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import tensorflow as tf
 
 from tests.conftest import REPO
 from vit_jax import preprocess
@@ -32,6 +31,10 @@ def test_without_crop_both_sides_are_resized():
 
 
 def test_preprocess_tf_runs_in_a_dataset_map():
+  # Imported here, not at collection: TensorFlow loaded in every test
+  # process makes a later import of torch's triton (timm parity tests)
+  # crash the process.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   pp = preprocess.PreprocessImages(size=4, crop=True)
   images = tf.data.Dataset.from_tensor_slices(
       np.full((3, 8, 6, 3), 51, np.uint8))
