@@ -62,18 +62,19 @@ class Layout:
     return ocp.CheckpointManagerOptions(step_prefix=self.step_prefix,
                                         **options)
 
+  def _name_format(self) -> ocp.step.NameFormat:
+    """The names the manager gives step folders (same prefix, orbax's code)."""
+    return ocp.step.standard_name_format(step_prefix=self.step_prefix)
+
   def step_path(self, step: int) -> str:
-    name = ocp.step.standard_name_format(
-        step_prefix=self.step_prefix).build_name(step)
-    return os.path.join(self.directory, name)
+    return os.path.join(self.directory, self._name_format().build_name(step))
 
   def finished_steps(self) -> list[int]:
     """Steps with a finished checkpoint folder; other files of the folder
     (metrics, model.npz, moved-aside or temporary folders) are not steps."""
     if not os.path.isdir(self.directory):
       return []
-    name_format = ocp.step.standard_name_format(step_prefix=self.step_prefix)
-    return sorted(m.step for m in name_format.find_all(self.directory))
+    return sorted(m.step for m in self._name_format().find_all(self.directory))
 
 
 def layout_for(workdir: str) -> Layout:
@@ -99,8 +100,8 @@ def _aside_path(layout: Layout, step: int) -> str:
 
 def _move_aside(manager: ocp.CheckpointManager, layout: Layout,
                 steps: list[int]):
-  """Process 0 renames damaged checkpoints to NN.corrupt (names orbax does
-  not take for steps); all then reload the manager's list of steps."""
+  """Process 0 renames damaged step folders to <folder>.corrupt (a name
+  orbax takes for no step); all then reload the manager's list of steps."""
   if jax.process_index() == 0:
     for step in steps:
       target = _aside_path(layout, step)
