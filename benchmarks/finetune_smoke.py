@@ -28,6 +28,7 @@ from PIL import Image
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import recovery
 
 TINY = dict(hidden_size=64, mlp_dim=64, num_heads=2, num_layers=1)
 
@@ -59,8 +60,9 @@ def synthetic_images(root: str, classes: int = 10, per_class: int = 8) -> str:
 
 
 def restored_params(workdir: str, step: int) -> dict:
-  path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step),
-                      'default')
+  """The parameters in the run's checkpoint of `step` (wherever the run's
+  layout puts it: recovery.layout_for)."""
+  path = os.path.join(recovery.layout_for(workdir).step_path(step), 'default')
   state = ocp.StandardCheckpointer().restore(path)
   return checkpoint.flatten(jax.tree.map(np.asarray, state['params']))
 

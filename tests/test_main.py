@@ -79,7 +79,7 @@ def _assert_bit_identical(expected, actual):
 
 
 def _kill_after_checkpoint(process, workdir, step):
-  checkpoint_dir = os.path.join(workdir, 'checkpoints', str(step))
+  checkpoint_dir = os.path.join(workdir, f'checkpoint_{step}')
   deadline = time.monotonic() + 240
   while not os.path.exists(checkpoint_dir):
     assert process.poll() is None, process.communicate()[0]
@@ -276,7 +276,7 @@ def test_failing_in_an_existing_workdir_leaves_it_as_it_was(tmp_path):
   output, _ = process.communicate(timeout=300)
   assert process.returncode == 1, output
   assert 'Traceback' not in output and _error_lines(output)
-  assert os.listdir(workdir) == ['notes.txt']  # No checkpoints/, lock.json.
+  assert os.listdir(workdir) == ['notes.txt']  # No checkpoint_N/, lock.json.
 
 
 def test_evaluate_on_a_missing_workdir_says_the_workdir_is_missing(tmp_path):

@@ -137,9 +137,12 @@ def test_a_signal_saves_the_step_reached_and_resume_is_bit_exact(
   for output in outputs:
     last = output.strip().splitlines()[-1]
     match = re.fullmatch(r'Stopped by (.+?) at step (\d+): saved the '
-                         r'checkpoint of step \d+ in .*; rerun the same '
+                         r'checkpoint of step \d+ in (.*); rerun the same '
                          r'command to resume \(exit status 75\)\.', last)
     assert match, (context, output)
+    # The message names the step's folder.
+    assert match.group(3) == os.path.join(
+        os.path.abspath(workdir), f'checkpoint_{match.group(2)}'), context
     assert 'Traceback' not in output, (context, output)
     saved.append(int(match.group(2)))
   assert len(set(saved)) == 1, (context, saved)  # Every process, one step.
@@ -148,9 +151,8 @@ def test_a_signal_saves_the_step_reached_and_resume_is_bit_exact(
   assert 'is estimated to take' in outputs[0], context
   if processes == 1:
     assert f'Stopped by {signal.Signals(signum).name}' in outputs[0]
-  steps = [int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints'))
-           if n.isdigit()]
-  assert steps == [step], context
+  folders = [n for n in os.listdir(workdir) if n.startswith('checkpoint')]
+  assert folders == [f'checkpoint_{step}'], context
   assert _trained_steps(workdir) == step, context  # Metrics flushed.
   assert not os.path.exists(os.path.join(workdir, 'lock.json')), context
   assert not os.path.exists(os.path.join(workdir, 'model.npz')), context

@@ -195,6 +195,18 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, image_folder):
     np.testing.assert_allclose(a, b, atol=2e-6)
 
 
+def test_a_one_step_run_leaves_checkpoint_1_in_the_workdir(tmp_path):
+  """The original's train_test contract: after a 1-step run,
+  workdir/checkpoint_1 exists (there its flax checkpoint, here orbax's)."""
+  config = _tiny(scratch('cpu'), total_steps=1)
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=20):
+    train.train_and_evaluate(config, workdir)
+  assert os.path.isdir(f'{workdir}/checkpoint_1')
+  assert os.path.isdir(f'{workdir}/checkpoint_1/default')  # orbax's item.
+  assert not os.path.exists(f'{workdir}/checkpoints')
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(
     tmp_path, image_folder):
   config = _tiny(scratch('cpu'), dataset=image_folder,
@@ -204,12 +216,11 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(
   workdir = str(tmp_path / 'run')
   with pytest.raises(train.NonFiniteLossError, match='diverged at step') as e:
     train.train_and_evaluate(config, workdir)
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
-                                                         'checkpoints'))
-                 if s.isdigit())
-  assert steps == [1]  # Step 0 has lr 0 (warm-up); step 1 diverges.
+  folders = [n for n in os.listdir(workdir) if n.startswith('checkpoint')]
+  assert folders == ['checkpoint_1']  # Step 0: lr 0 (warm-up); 1 diverges.
   assert 'diverged at step 2' in str(e.value)
-  assert 'last good checkpoint (step 1)' in str(e.value)
+  assert (f'last good checkpoint (step 1) in '
+          f'{os.path.join(workdir, "checkpoint_1")} is intact') in str(e.value)
   assert not os.path.exists(os.path.join(workdir, 'model.npz'))
 
 

@@ -44,10 +44,10 @@ _NOTICE_DELAY_S = 2.0  # Multi-process: JAX's notifier polls once a second.
 class Preempted(Exception):
   """Training stopped on a signal after saving the step reached."""
 
-  def __init__(self, signal_name: str, step: int, checkpoints: str):
+  def __init__(self, signal_name: str, step: int, folder: str):
     super().__init__(
         f'Stopped by {signal_name} at step {step}: saved the checkpoint of '
-        f'step {step} in {checkpoints}; rerun the same command to resume '
+        f'step {step} in {folder}; rerun the same command to resume '
         f'(exit status {EXIT_STATUS}).')
     self.step = step
 

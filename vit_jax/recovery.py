@@ -4,12 +4,18 @@ orbax makes each save atomic (a temporary folder renamed when complete), but
 a finished checkpoint can still be damaged later: truncated by a full disk, a
 node lost during the final rename, a bad copy between machines. Restoring
 therefore tries the newest checkpoint first and falls back to older ones. The
-damaged ones are moved aside (checkpoints/NN.corrupt) only once an older one
+damaged ones are moved aside (checkpoint_NN.corrupt) only once an older one
 has restored: a config that fits none of them (say, a changed model) moves
 nothing and stops with an error instead of silently training from scratch.
+
+Where they are: `workdir/checkpoint_<step>/`, where the original's flax
+checkpoints are, so its code and tests find them. Workdirs written by
+earlier versions of vit_jax keep `workdir/checkpoints/<step>/` and resume
+from there (`layout_for`).
 """
 
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -40,27 +46,66 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
   return line if len(line) <= limit else line[:limit] + ' ...'
 
 
-def _finished_steps(directory: str) -> list[int]:
-  """Steps with a finished checkpoint folder (orbax names them by step)."""
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+STEP_PREFIX = 'checkpoint'  # workdir/checkpoint_<step>/, as the original.
+LEGACY_FOLDER = 'checkpoints'  # Earlier versions: workdir/checkpoints/<step>/.
 
 
-def _aside_path(directory: str, step: int) -> str:
-  path = os.path.join(directory, f'{step}.corrupt')
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where a run's checkpoints are: the folder orbax manages and the prefix
+  of its step folders. Every step-folder name comes from here (orbax's own
+  name format), so the manager and the recovery code cannot disagree."""
+  directory: str
+  step_prefix: Optional[str]
+
+  def manager_options(self, **options) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(step_prefix=self.step_prefix,
+                                        **options)
+
+  def _name_format(self) -> ocp.step.NameFormat:
+    """The names the manager gives step folders (same prefix, orbax's code)."""
+    return ocp.step.standard_name_format(step_prefix=self.step_prefix)
+
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, self._name_format().build_name(step))
+
+  def finished_steps(self) -> list[int]:
+    """Steps with a finished checkpoint folder; other files of the folder
+    (metrics, model.npz, moved-aside or temporary folders) are not steps."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(m.step for m in self._name_format().find_all(self.directory))
+
+
+def layout_for(workdir: str) -> Layout:
+  """`workdir/checkpoint_<step>/`; a workdir that already holds checkpoints
+  in `checkpoints/<step>/` (earlier versions) keeps that layout, so that it
+  resumes and its later checkpoints join the earlier ones."""
+  workdir = os.path.abspath(workdir)
+  legacy = Layout(os.path.join(workdir, LEGACY_FOLDER), None)
+  if legacy.finished_steps():
+    return legacy
+  return Layout(workdir, STEP_PREFIX)
+
+
+def _aside_path(layout: Layout, step: int) -> str:
+  """A free name next to the damaged folder: checkpoint_NN.corrupt[N]."""
+  path = layout.step_path(step) + '.corrupt'
   count = 1
   while os.path.exists(path):
     count += 1
-    path = os.path.join(directory, f'{step}.corrupt{count}')
+    path = f'{layout.step_path(step)}.corrupt{count}'
   return path
 
 
-def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
-  """Process 0 renames damaged checkpoints to NN.corrupt; all then reload."""
-  directory = str(manager.directory)
+def _move_aside(manager: ocp.CheckpointManager, layout: Layout,
+                steps: list[int]):
+  """Process 0 renames damaged step folders to <folder>.corrupt (a name
+  orbax takes for no step); all then reload the manager's list of steps."""
   if jax.process_index() == 0:
     for step in steps:
-      target = _aside_path(directory, step)
-      os.rename(os.path.join(directory, str(step)), target)
+      target = _aside_path(layout, step)
+      os.rename(layout.step_path(step), target)
       logging.warning('Moved the unreadable checkpoint of step %d to %s.',
                       step, target)
   if jax.process_count() > 1:
@@ -68,7 +113,8 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
   manager.reload()
 
 
-def restore_newest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any:
+def restore_newest(manager: ocp.CheckpointManager, layout: Layout,
+                   abstract_state: Any) -> Any:
   """The newest checkpoint that reads back whole; damaged newer ones aside."""
   failed = []
   for step in sorted(manager.all_steps(), reverse=True):
@@ -78,20 +124,21 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any:
     except Exception as e:  # pylint: disable=broad-except
       # tensorstore and orbax raise untyped errors for damaged files.
       logging.warning('The checkpoint of step %d in %s cannot be read back '
-                      '(%s); trying an older one.', step, manager.directory,
+                      '(%s); trying an older one.', step, layout.directory,
                       _first_line(e))
       failed.append((step, e))
       continue
     if failed:
-      _move_aside(manager, [s for s, _ in failed])
+      _move_aside(manager, layout, [s for s, _ in failed])
     logging.info('Resuming from the checkpoint of step %d.', step)
     return state
   reasons = '; '.join(f'step {s}: {_first_line(e)}' for s, e in failed)
+  folders = ', '.join(os.path.basename(layout.step_path(s)) for s, _ in failed)
   raise NoRestorableCheckpointError(
-      f'No checkpoint in {manager.directory} can be restored ({reasons}). If '
+      f'No checkpoint in {layout.directory} can be restored ({reasons}). If '
       'the config changed since they were written, rerun with the config '
       'they were written with, or use another workdir; to start over, move '
-      'that folder aside. Nothing was moved or deleted.')
+      f'{folders} aside. Nothing was moved or deleted.')
 
 
 def _reason(error: BaseException) -> str:
@@ -116,12 +163,13 @@ def _megabytes(num_bytes: float) -> str:
   return f'{num_bytes / 2**20:,.1f} MiB'
 
 
-def save_failure_message(directory: str, state: Any,
+def save_failure_message(layout: Layout, state: Any,
                          error: BaseException) -> str:
   """Where and why a save failed, the space a checkpoint needs, what is kept."""
-  steps = _finished_steps(directory)
+  directory = layout.directory
+  steps = layout.finished_steps()
   if steps:  # orbax compresses: the last checkpoint's size is the measure.
-    needed = _folder_bytes(os.path.join(directory, str(steps[-1])))
+    needed = _folder_bytes(layout.step_path(steps[-1]))
     kept = f'The checkpoint of step {steps[-1]} is intact'
   else:
     needed = sum(np.dtype(x.dtype).itemsize * x.size
@@ -135,10 +183,11 @@ def save_failure_message(directory: str, state: Any,
 
 
 @contextlib.contextmanager
-def explain_failed_save(directory: str, state: Optional[Any]) -> Iterator[None]:
+def explain_failed_save(layout: Layout,
+                        state: Optional[Any]) -> Iterator[None]:
   """Turns any error of a (possibly earlier, asynchronous) save into one that
   says where, why and how much space is needed."""
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointSaveError(save_failure_message(directory, state, e)) from e
+    raise CheckpointSaveError(save_failure_message(layout, state, e)) from e

@@ -208,7 +208,7 @@ def pretrained_name(config) -> str:
   return hub.best_augreg_file(chosen, config.pretrained_dir)
 
 
-def initial_state(model, tx, config, manager,
+def initial_state(model, tx, config, manager, layout: recovery.Layout,
                   mesh) -> inference.TrainState:
   """Start-up order: resume from workdir -> pretrained -> from scratch."""
   replicated = NamedSharding(mesh, P())
@@ -220,7 +220,7 @@ def initial_state(model, tx, config, manager,
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       abstract)
-  return recovery.restore_newest(manager, abstract)
+  return recovery.restore_newest(manager, layout, abstract)
 
 
 def _no_pretrained(config):
@@ -266,13 +266,14 @@ class Trainer:
       warn_if_fp8_emulated(self.model)
     self.tx = optim.make_optimizer(config)
     self.lr_fn = optim.learning_rate_fn(config)
+    self.layout = recovery.layout_for(workdir)
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'),
-        options=ocp.CheckpointManagerOptions(
+        self.layout.directory,
+        options=self.layout.manager_options(
             max_to_keep=config.keep_checkpoints, create=True,
             cleanup_tmp_directories=True))  # Left by a killed save.
     self.state = initial_state(self.model, self.tx, config, self.manager,
-                               self.mesh)
+                               self.layout, self.mesh)
     self.train_source = sharding.BatchSource(self.train_split, self.mesh,
                                              config.data_on_device)
     self.test_source = sharding.BatchSource(self.test_split, self.mesh,
@@ -329,8 +330,7 @@ class Trainer:
 
   def explain_failed_save(self):
     """Save errors (raised later when asynchronous) that say what to do."""
-    return recovery.explain_failed_save(str(self.manager.directory),
-                                        self.state)
+    return recovery.explain_failed_save(self.layout, self.state)
 
 
 class _TickingSource:
@@ -351,8 +351,9 @@ def _check_finite(losses: np.ndarray, finite: np.ndarray, first_step: int,
   if bad.size:
     trainer.manager.wait_until_finished()
     latest = trainer.manager.latest_step()
-    kept = (f'The last good checkpoint (step {latest}) in {trainer.workdir}/'
-            'checkpoints is intact' if latest is not None else
+    kept = (f'The last good checkpoint (step {latest}) in '
+            f'{trainer.layout.step_path(latest)} is intact'
+            if latest is not None else
             'No checkpoint had been written yet')
     raise NonFiniteLossError(
         f'Training diverged at step {first_step + int(bad[0]) + 1} (loss '
@@ -486,17 +487,16 @@ def train_and_evaluate(config, workdir: str,
 def _no_empty_folders_if_failed(workdir: str):
   """Creates `workdir` if need be; a run that fails before writing anything
   (no weights to fetch, no data) removes the empty folders it made: the
-  workdir itself and checkpoints/. Folders with files in them stay."""
+  workdir itself, if this run made it (checkpoints are written into it,
+  in no folder of their own). A workdir with files in it stays."""
   created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   try:
     yield
   except BaseException:
-    made = [os.path.join(workdir, 'checkpoints')] + ([workdir] if created
-                                                     else [])
-    for folder in made:
+    if created:
       try:
-        os.rmdir(folder)  # Only if empty.
+        os.rmdir(workdir)  # Only if empty.
       except OSError:
         pass
     raise
@@ -586,7 +586,7 @@ def _train_and_evaluate(config, workdir: str, heartbeat: Callable[[], None],
   if is_main:
     draw_curves(workdir)
     logging.info('%s', progress.summary_table(summary, workdir,
-                                              _outputs(workdir)))
+                                              _outputs(workdir, trainer.layout)))
   return summary
 
 
@@ -604,7 +604,7 @@ def stop_after_saving(trainer: Trainer, stop_request: preemption.StopRequest,
   logging.info('Saved the checkpoint of step %d in %.1f s.', step,
                time.monotonic() - begin)
   raise preemption.Preempted(stop_request.describe(), step,
-                             str(trainer.manager.directory))
+                             trainer.layout.step_path(step))
 
 
 def warn_if_save_exceeds_grace(trainer: Trainer):
@@ -697,11 +697,14 @@ def draw_curves(workdir: str):
     logging.warning('Could not draw %s: %s', plots.FILENAME, e)
 
 
-def _outputs(workdir: str) -> list[str]:
+def _outputs(workdir: str, layout: recovery.Layout) -> list[str]:
+  """The files of the run and its checkpoint folders, relative to workdir."""
   names = ('model.npz', 'run.json', CONFIG_FILENAME, 'metrics.jsonl',
-           plots.FILENAME, 'checkpoints')
-  return [name + ('/' if name == 'checkpoints' else '') for name in names
-          if os.path.exists(os.path.join(workdir, name))]
+           plots.FILENAME)
+  folders = [os.path.relpath(layout.step_path(step), workdir) + '/'
+             for step in layout.finished_steps()]
+  return [name for name in names
+          if os.path.exists(os.path.join(workdir, name))] + folders
 
 
 def export(trainer: Trainer, workdir: str):

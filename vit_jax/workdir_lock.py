@@ -1,6 +1,6 @@
 """One job per workdir: a lock file that a second job on the same folder sees.
 
-Two jobs writing one `checkpoints/` folder collide inside orbax (and would
+Two jobs writing checkpoints into one workdir collide inside orbax (and would
 overwrite each other's checkpoints), so the job's process 0 creates
 WORKDIR/lock.json exclusively at start and deletes it at the end, also when
 the run fails. The other processes of a multi-host job wait until process 0
