@@ -5,6 +5,7 @@ import http.server
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,30 @@ _JAX_CACHE_ENV = {
     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
     'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
 }
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that is free now (a coordinator's, say)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def wait_all(processes, expected_status=0, timeout=400) -> list[str]:
+  """The outputs of `processes`, each of which must end with
+  `expected_status`; the rest are killed if one fails or hangs."""
+  outputs = []
+  try:
+    for process in processes:
+      output, _ = process.communicate(timeout=timeout)
+      assert process.returncode == expected_status, output
+      outputs.append(output)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  return outputs
 
 
 def run_cli(args, env_extra=None, **kwargs):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import free_port
 from tests.conftest import local_http_server
-from tests.test_multihost import _free_port
 from vit_jax import cluster
 
 _HOLD_SECONDS = 3.0  # Longer than both processes take to reach the fetch.
@@ -65,7 +65,7 @@ def fixture_bucket(tmp_path):
 
 def _run_two(bucket, dirs):
   """Runs the two processes; dirs[i] is process i's pretrained_dir."""
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
              VIT_JAX_BUCKET_URL=f'http://127.0.0.1:{bucket.server_port}',

@@ -6,12 +6,13 @@ four devices trains.
 """
 
 import os
-import socket
 
 from absl import app
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
+from tests.conftest import wait_all
 from tests.conftest import run_cli
 from vit_jax import checkpoint
 from vit_jax import cli
@@ -36,44 +37,22 @@ def _env(devices):
           'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _params(workdir):
   return checkpoint.flatten(checkpoint.load(os.path.join(workdir,
                                                          'model.npz')))
 
 
-def _wait_all(processes, timeout=400):
-  """Outputs of all processes; kills the rest if one fails or hangs."""
-  outputs = []
-  try:
-    for process in processes:
-      output, _ = process.communicate(timeout=timeout)
-      assert process.returncode == 0, output
-      outputs.append(output)
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-  return outputs
-
-
 def test_two_processes_train_the_parameters_of_one(tmp_path, image_folder):
   shared = str(tmp_path / 'two_processes')  # One workdir for both.
   single = str(tmp_path / 'one_process')
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   processes = [
       run_cli(_args(shared, image_folder) + [
           f'--coordinator_address={address}', '--num_processes=2',
           f'--process_id={i}'], env_extra=_env(2))
       for i in range(2)]
   processes.append(run_cli(_args(single, image_folder), env_extra=_env(4)))
-  first, second, alone = _wait_all(processes)
+  first, second, alone = wait_all(processes)
   assert 'JAX process 0 of 2' in first and 'all devices: 4' in first
   assert 'Training testing from step 0' in first
   assert 'Training testing' not in second  # Process 1 logs warnings only.

@@ -6,12 +6,13 @@ import os
 import random
 import re
 import signal
-import socket
 import time
 
 import pytest
 
 from tests.conftest import make_image_folder
+from tests.conftest import free_port
+from tests.conftest import wait_all
 from tests.conftest import run_cli
 from vit_jax import checkpoint
 from vit_jax import preemption
@@ -40,37 +41,16 @@ def _two_process_env():
           'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _start(workdir, data, processes, *extra):
   """One run of `processes` processes (on 127.0.0.1 if more than one)."""
   args = _args(workdir, data, _TOTAL[processes], *extra)
   if processes == 1:
     return [run_cli(args)]
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   return [run_cli(args + [
       f'--coordinator_address={address}', f'--num_processes={processes}',
       f'--process_id={i}'], env_extra=_two_process_env())
           for i in range(processes)]
-
-
-def _finish(processes, expected_status, timeout=400):
-  outputs = []
-  try:
-    for process in processes:
-      output, _ = process.communicate(timeout=timeout)
-      assert process.returncode == expected_status, output
-      outputs.append(output)
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-  return outputs
 
 
 def _model(workdir):
@@ -112,7 +92,7 @@ def fixture_straight(tmp_path_factory, data):
   def model(processes):
     if processes not in models:
       workdir = str(tmp_path_factory.mktemp(f'straight{processes}'))
-      _finish(_start(workdir, data, processes), 0)
+      wait_all(_start(workdir, data, processes), 0)
       models[processes] = _model(workdir)
     return models[processes]
 
@@ -132,7 +112,7 @@ def test_a_signal_saves_the_step_reached_and_resume_is_bit_exact(
   running = _start(workdir, data, processes,
                    '--config.preemption_grace_seconds=0.5')
   _signal_after(running, workdir, at, signum)
-  outputs = _finish(running, preemption.EXIT_STATUS)
+  outputs = wait_all(running, preemption.EXIT_STATUS)
   saved = []
   for output in outputs:
     last = output.strip().splitlines()[-1]
@@ -156,7 +136,7 @@ def test_a_signal_saves_the_step_reached_and_resume_is_bit_exact(
   assert _trained_steps(workdir) == step, context  # Metrics flushed.
   assert not os.path.exists(os.path.join(workdir, 'lock.json')), context
   assert not os.path.exists(os.path.join(workdir, 'model.npz')), context
-  outputs = _finish(_start(workdir, data, processes), 0)
+  outputs = wait_all(_start(workdir, data, processes), 0)
   assert f'Resuming from the checkpoint of step {step}' in outputs[0]
   expected, actual = straight(processes), _model(workdir)
   assert expected.keys() == actual.keys()
