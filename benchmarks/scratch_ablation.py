@@ -63,9 +63,9 @@ VARIANTS = {
     'muon_lr_4e-3': ('Muon, peak learning rate 4e-3',
                      {'optimizer': 'muon', 'base_lr': 4e-3}),
     'width_128': ('width 96 -> 128, MLP 256, 4 heads',
-                  {'model.hidden_size': 128, 'model.mlp_dim': 256,
-                   'model.num_heads': 4}),
-    'depth_6': ('depth 4 -> 6', {'model.num_layers': 6}),
+                  {'model.hidden_size': 128, 'model.transformer.mlp_dim': 256,
+                   'model.transformer.num_heads': 4}),
+    'depth_6': ('depth 4 -> 6', {'model.transformer.num_layers': 6}),
     'patch_dropout_0.25': ('train on a random 3/4 of the patch tokens',
                            {'model.patch_dropout': 0.25}),
 }

@@ -100,7 +100,7 @@ def test_four_devices_give_the_parameters_of_one(tmp_path, image_folder):
     assert f'all devices: {devices}' in output
     results[devices] = _params(workdir)
   key_biases = [k for k in results[1] if k.endswith('key/bias')]
-  assert len(key_biases) == 4
+  assert len(key_biases) == 1  # The 'testing' model's one block.
   for key in key_biases:  # Zero gradient, exactly: they never move.
     assert results[4][key].tobytes() == results[1][key].tobytes(), key
   # The rest differ by float rounding (partial sums per device), which
@@ -187,7 +187,7 @@ def test_a_log_file_gets_our_lines_only_and_curves_at_each_evaluation(
   assert progress_lines == ['step 4/8'] * 2 + ['step 8/8'] * 2
   assert 'Config:' not in output  # In workdir/config.json instead.
   with open(os.path.join(workdir, 'config.json')) as f:
-    assert json.load(f)['model']['num_layers'] == 1
+    assert json.load(f)['model']['transformer']['num_layers'] == 1
   assert 'Training testing from step 0 to 8: ' in output
   assert len(lines) <= 20, output
 
@@ -299,7 +299,8 @@ def test_the_accelerator_recipe_on_a_cpu_names_the_cpu_preset(
   process = run_cli(
       ['--config', 'configs/cifar10_scratch.py:model=testing',
        '--workdir', workdir, f'--config.dataset={image_folder}',
-       '--config.model.patches.size=(8, 8)', '--config.model.transformer.num_layers=1',
+       '--config.model.patches.size=(8, 8)',
+       '--config.model.transformer.num_layers=1',
        '--config.pp.train=train', '--config.pp.test=test',
        '--config.batch=8', '--config.batch_eval=4',
        # Days even at a millisecond a step.

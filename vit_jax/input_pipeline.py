@@ -596,8 +596,10 @@ def _allocate_images(count: int, first: np.ndarray, path: str) -> np.ndarray:
 def get_tfds_info(dataset, split, *, data_dir=None):
   """The original's info dict for a TFDS dataset; see `get_dataset_info`.
 
-  data_dir: None reads TFDS_DATA_DIR, else TFDS's default, as tfds does.
+  data_dir: None reads TFDS_DATA_DIR (now: tfds itself reads it once, when
+  imported), else TFDS's default.
   """
+  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or None
   return _tfds_info(_tfds_builder(dataset, data_dir), dataset, split)
 
 

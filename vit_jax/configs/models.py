@@ -283,7 +283,7 @@ def _set(config, key: str, value: Any, name: str) -> None:
   if key == 'patch_size':
     config.patches.size = (value, value)
   elif key == 'dtype' and 'dtype' in config:  # Stored by name: jnp.bfloat16 and 'bfloat16' alike.
-    config.dtype = np.dtype(value).name
+    config.dtype = value if isinstance(value, str) else np.dtype(value).name
   elif key in _TRANSFORMER_KEYS and 'transformer' in config:
     config.transformer[key] = value
   elif key in config:
